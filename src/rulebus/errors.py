@@ -1,0 +1,87 @@
+"""The one exception hierarchy of rulebus.
+
+Errors carry their data in attributes; the edges (HTTP, CLI) turn them into
+status codes, exit codes and messages.
+"""
+
+from __future__ import annotations
+
+
+class RulebusError(Exception):
+    """Base class of every error rulebus raises on purpose."""
+
+
+class SqlError(RulebusError):
+    """A rule or substitution template that does not compile.
+
+    ``line`` and ``column`` are 1-based positions in ``text`` when known, so
+    that the template loader can translate them into a file position.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        text: str = "",
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.text = text
+        self.line = line
+        self.column = column
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return self.message
+        return f"{self.message} (line {self.line}, column {self.column})"
+
+    def excerpt(self) -> str:
+        """The offending source line with a caret under the error column."""
+        if self.line is None or not self.text:
+            return ""
+        lines = self.text.splitlines() or [""]
+        source = lines[min(self.line, len(lines)) - 1]
+        return f"{source}\n{' ' * max((self.column or 1) - 1, 0)}^"
+
+
+class SqlEvalError(RulebusError):
+    """A rule that compiled but failed while evaluating an event."""
+
+
+class TemplateError(RulebusError):
+    """An app file (rulebus.yaml) that is not valid: carries file, line and key."""
+
+    def __init__(self, message: str, *, file: str, line: int | None, key: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.line = line
+        self.key = key
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}"
+
+
+class BadInput(RulebusError):
+    """Input from a client that cannot be accepted (HTTP 4xx)."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class ActionError(RulebusError):
+    """An action that failed; ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+
+
+class NotFound(RulebusError):
+    """A table, bucket, key or dead letter that does not exist."""
