@@ -1,0 +1,1 @@
+"""The rulebus benchmark suite: ``python -m bench.run [--quick]`` (see docs/benchmarks.md)."""

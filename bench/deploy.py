@@ -1,0 +1,152 @@
+"""Start the systems under test, each in its own process, and say where they are.
+
+A :class:`Deployment` is what every figure needs from a running pipeline: where to
+post, where its rows and fraud objects land, and which process trees to weigh.
+rulebus and the Celery peer both produce one, so the figures treat them alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.proc import Server, StartError, free_port
+from bench.stores import TableCounter
+
+REPO = Path(__file__).resolve().parent.parent
+EXCHANGE = REPO / "examples" / "exchange"
+
+
+class Unavailable(RuntimeError):
+    """A system under test cannot run here; the figure is reported as n/a with this reason."""
+
+
+@dataclass
+class Deployment:
+    name: str
+    base_url: str
+    table: TableCounter
+    alerts_dir: Path | None
+    pids: list[int] = field(default_factory=list)
+    single_path: str = "/event"
+    batch_path: str = "/events"
+
+    @property
+    def single_url(self) -> str:
+        return self.base_url + self.single_path
+
+    @property
+    def batch_url(self) -> str:
+        return self.base_url + self.batch_path
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for the suite's own child processes: ``bench`` importable."""
+    path = os.environ.get("PYTHONPATH")
+    return {
+        "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO),
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
+
+
+@contextlib.contextmanager
+def receiver(workdir: Path, secret: str | None) -> Iterator[str]:
+    """The webhook receiver in its own process; yields its base URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.receiver", "--port", str(port)]
+    if secret:
+        cmd += ["--secret", secret]
+    base = f"http://127.0.0.1:{port}"
+    server = Server(
+        "webhook receiver", cmd, workdir / f"receiver-{port}.log",
+        health_url=base + "/healthz", env=child_env(), cwd=REPO,
+    )
+    server.start()
+    try:
+        yield base
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def bare_stack(workdir: Path) -> Iterator[Deployment]:
+    """Figure 1's ceiling: bench.bare_app under uvicorn, configured as rulebus runs it."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [
+        sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--host", "127.0.0.1",
+        "--port", str(port), "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning",
+    ]
+    server = Server("bare stack", cmd, workdir / f"bare-{port}.log",
+                    health_url=base + "/healthz", env=child_env(), cwd=REPO)
+    server.start()
+    try:
+        yield Deployment("bare stack", base, TableCounter(workdir / "none.sqlite3", "none"),
+                         None, [server.pid])
+    finally:
+        server.stop()
+
+
+def rulebus_command() -> Path:
+    """The ``rulebus`` console script of this interpreter's environment."""
+    return Path(sys.executable).parent / "rulebus"
+
+
+def rulebus_unavailable(app: Path = EXCHANGE) -> str | None:
+    """Why ``rulebus up APP`` cannot be tried at all, or None when it can."""
+    if not rulebus_command().exists():
+        return f"{rulebus_command()} is not installed (pip install -e .)"
+    if not (app / "rulebus.yaml").exists():
+        return f"{app / 'rulebus.yaml'} does not exist yet"
+    return None
+
+
+@contextlib.contextmanager
+def rulebus(
+    app: Path,
+    data_dir: Path,
+    *,
+    table: str = "events",
+    bucket: str | None = "fraud-archive",
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Deployment]:
+    """``rulebus up APP --data-dir DIR`` on a free port, stopped with SIGTERM afterwards."""
+    reason = rulebus_unavailable(app)
+    if reason is not None:
+        raise Unavailable(f"rulebus runtime not available: {reason}")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [str(rulebus_command()), "up", str(app), "--data-dir", str(data_dir),
+           "--host", "127.0.0.1", "--port", str(port)]
+    server = Server(
+        "rulebus", cmd, data_dir.parent / f"{data_dir.name}-rulebus.log",
+        health_url=base + "/healthz", ready_pattern=r"listening on http://",
+        env=dict(env or {}), cwd=REPO, start_timeout=60,
+    )
+    try:
+        server.start()
+    except StartError as exc:
+        raise Unavailable(f"rulebus runtime not available: {exc}") from None
+    counter = TableCounter(data_dir / "tables.sqlite3", table)
+    alerts = data_dir / "buckets" / bucket if bucket else None
+    try:
+        yield Deployment("rulebus", base, counter, alerts, [server.pid])
+    finally:
+        counter.close()
+        server.stop(timeout=30)
+
+
+@contextlib.contextmanager
+def rulebus_exchange(workdir: Path, receiver_url: str, secret: str) -> Iterator[Deployment]:
+    """The exchange example with its fraud webhook pointed at the receiver."""
+    data_dir = workdir / f"rulebus-data-{free_port()}"
+    env = {"RULEBUS_FRAUD_WEBHOOK_URL": receiver_url + "/fraud",
+           "RULEBUS_FRAUD_WEBHOOK_SECRET": secret}
+    with rulebus(EXCHANGE, data_dir, env=env) as deployment:
+        yield deployment

@@ -1,0 +1,178 @@
+"""Figures 2 and 3: the exchange pipeline end to end, for rulebus and for the peer.
+
+One run: a fresh pipeline (fresh data, fresh receiver), the stream of N events
+posted in batches to ``POST /events`` by the load generator's own process, and the
+clock stopped when all three pieces of evidence exist: N rows in ``events``, one
+object per flagged buy in the fraud archive, and one notification per flagged buy
+at the receiver. Time runs from the generator's first send to that moment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from bench import load
+from bench.deploy import Deployment, Unavailable, receiver, rulebus_exchange
+from bench.events import expected_alerts
+from bench.peers.celery_app.driver import WORKER_CONCURRENCY, celery_peer
+from bench.plan import Plan
+from bench.proc import PeakRss
+from bench.report import Figure, median, ratio
+from bench.signing import new_secret
+from bench.stores import count_files, receiver_counts
+
+STALL_SECONDS = 60.0  # no progress for this long fails the run
+TARGET_SECONDS = 60.0
+TARGET_RSS_MB = 300.0
+TARGET_PEER_RATIO = 10.0
+
+Starter = Callable[[Path, str, str], AbstractContextManager[Deployment]]
+
+
+def wait_done(
+    d: Deployment,
+    hook: str | None,
+    rows: int,
+    alerts: int,
+    generator: Any,
+) -> tuple[float, dict[str, int]]:
+    """Poll until the evidence is complete; return (time.time() then, final counts).
+
+    The cheap checks come first and the costlier ones only once the earlier are
+    met, so polling does not slow the pipeline it watches.
+    """
+    interval = 0.05 if rows <= 100_000 else 0.2
+    seen: dict[str, int] = {"rows": 0, "objects": 0, "notifications": 0}
+    progress, last_progress = dict(seen), time.monotonic()
+    while True:
+        if generator.poll() not in (None, 0):
+            raise RuntimeError(f"load generator failed: {generator.stderr.read()[-500:]}")
+        seen["rows"] = d.table.count(at_least=rows)
+        if seen["rows"] >= rows:
+            if alerts and d.alerts_dir is not None:
+                seen["objects"] = count_files(d.alerts_dir)
+            if seen["objects"] >= alerts and hook is not None and alerts:
+                seen["notifications"] = receiver_counts(hook)["unique"]
+            if seen["objects"] >= alerts and seen["notifications"] >= alerts:
+                return time.time(), seen
+        now = time.monotonic()
+        if seen != progress:
+            progress, last_progress = dict(seen), now
+        elif now - last_progress > STALL_SECONDS:
+            raise RuntimeError(
+                f"{d.name} made no progress for {STALL_SECONDS:.0f} s: {seen}, "
+                f"expected {rows} rows and {alerts} alerts"
+            )
+        time.sleep(interval)
+
+
+def run_once(
+    d: Deployment, hook: str | None, plan: Plan, n: int, seed: int, alerts: int,
+    event_type: str | None = None,
+) -> dict[str, Any]:
+    """Post the stream ``(n, seed)`` to ``d`` and time it until the evidence is complete."""
+    s = plan.sizes
+    args = ["batches", d.batch_url, "--n", str(n), "--seed", str(seed),
+            "--batch-size", str(s.batch_size), "--concurrency", str(s.batch_concurrency)]
+    if event_type:
+        args += ["--type", event_type]
+    with PeakRss(d.pids) as rss:
+        generator = load.start_loadgen(args)
+        try:
+            done_at, seen = wait_done(d, hook, n, alerts, generator)
+            sent = load.finish_loadgen(generator, timeout=60)
+        finally:
+            if generator.poll() is None:
+                generator.kill()
+                generator.wait()
+    if sent["accepted"] != n:
+        raise RuntimeError(f"{d.name} accepted {sent['accepted']} of {n} events: {sent}")
+    seconds = done_at - sent["start"]
+    return {
+        "events_per_s": n / seconds,
+        "seconds": seconds,
+        "send_seconds": sent["end"] - sent["start"],
+        "peak_rss_mb": rss.peak / 2**20,
+        "retries": sent["retries"],
+        "evidence": seen,
+    }
+
+
+def run_fresh(start: Starter, plan: Plan, name: str, n: int, seed: int) -> dict[str, Any]:
+    """One run against a freshly started pipeline and receiver."""
+    workdir = plan.run_dir(name)
+    secret = new_secret()
+    with receiver(workdir, secret) as hook, start(workdir, hook, secret) as d:
+        result = run_once(d, hook, plan, n, seed, expected_alerts(n, seed))
+        counts = receiver_counts(hook)
+        if counts["bad_signature"]:
+            result["bad_signatures"] = counts["bad_signature"]
+    return result
+
+
+def measure_rulebus(plan: Plan) -> list[Figure]:
+    """Figure 2, plus the storage comparison's numerator."""
+    n = plan.sizes.pipeline_n
+    eps = Figure("2_pipeline", f"2. exchange pipeline, N = {n:,}", unit="events/s",
+                 target=f"≥ {n / TARGET_SECONDS:,.0f}")
+    seconds = Figure("2_seconds", f"2. time for N = {n:,}", unit="s",
+                     target=f"≤ {TARGET_SECONDS:.0f}" if n >= 1_000_000 else "")
+    rss = Figure("2_rss", "2. peak RSS, rulebus processes", unit="MB",
+                 target=f"≤ {TARGET_RSS_MB:.0f}")
+    figures = [eps, seconds, rss]
+    runs: list[dict[str, Any]] = []
+    try:
+        for i in range(plan.sizes.runs):
+            runs.append(run_fresh(rulebus_exchange, plan, "pipeline", n, seed=200 + i))
+    except (Unavailable, RuntimeError) as exc:
+        for f in figures:
+            f.error = str(exc)
+        return figures
+    eps.runs["runs"] = runs
+    eps.value = median([r["events_per_s"] for r in runs])
+    seconds.value = median([r["seconds"] for r in runs])
+    rss.value = max(r["peak_rss_mb"] for r in runs)
+    rss.notes.append("max over the runs")
+    eps.met = eps.value is not None and eps.value * TARGET_SECONDS >= n
+    if n >= 1_000_000 and seconds.value is not None:
+        seconds.met = seconds.value <= TARGET_SECONDS
+    rss.met = rss.value <= TARGET_RSS_MB
+    return figures
+
+
+def measure_peer(plan: Plan) -> Figure:
+    """Figure 3: rulebus and the peer take turns on the same N."""
+    n = plan.sizes.peer_n
+    fig = Figure("3_peer", f"3. rulebus ÷ FastAPI+Celery+Redis, N = {n:,}", unit="events/s",
+                 baseline_name="FastAPI+Celery+Redis", target=f"≥ {TARGET_PEER_RATIO:.0f}×")
+    peer_eps: list[float] = []
+    rulebus_eps: list[float] = []
+    rulebus_error: str | None = None
+    for i in range(plan.sizes.runs):
+        seed = 300 + i
+        if rulebus_error is None:
+            try:
+                rb = run_fresh(rulebus_exchange, plan, "peer-rulebus", n, seed)
+                rulebus_eps.append(rb["events_per_s"])
+            except (Unavailable, RuntimeError) as exc:
+                rulebus_error = str(exc)
+        try:
+            peer = run_fresh(celery_peer, plan, "peer-celery", n, seed)
+        except (Unavailable, RuntimeError) as exc:
+            fig.error = f"peer: {exc}"
+            break
+        peer_eps.append(peer["events_per_s"])
+        fig.runs.setdefault("peer_detail", []).append(peer)
+    fig.runs.update(rulebus_eps=rulebus_eps, peer_eps=peer_eps)
+    fig.value = median(rulebus_eps)
+    fig.baseline = median(peer_eps)
+    fig.ratio = ratio(fig.value, fig.baseline)
+    fig.met = None if fig.ratio is None else fig.ratio >= TARGET_PEER_RATIO
+    if rulebus_error:
+        fig.error = "; ".join(filter(None, [fig.error, rulebus_error]))
+    fig.notes.append(f"peer worker: Celery prefork pool of {WORKER_CONCURRENCY}")
+    return fig

@@ -1,0 +1,87 @@
+"""Run the benchmark suite: ``python -m bench.run [--quick] [--json FILE] [--only NAMES]``.
+
+Prints the figures as a Markdown table and, with ``--json``, writes them with every
+run's detail. A figure whose system cannot run here (the rulebus runtime not built
+yet, Redis down) is reported as n/a with the reason; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.figures import ingest, latency, pipeline, rules, sql, storage
+from bench.plan import FULL, QUICK, Plan
+from bench.report import Figure, table, write_json
+
+# name -> what it measures; the order is the table's.
+FIGURES: dict[str, Callable[[Plan], Figure | list[Figure]]] = {
+    "ingest": ingest.measure,
+    "pipeline": pipeline.measure_rulebus,
+    "peer": pipeline.measure_peer,
+    "rules": rules.measure,
+    "latency": latency.measure,
+    "sql": sql.measure,
+    "storage": storage.measure,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(FIGURES)}")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where runs keep their data (default: a temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+
+    names = list(FIGURES)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in FIGURES]
+        if unknown:
+            parser.error(
+                f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}"
+            )
+    workdir = Path(tempfile.mkdtemp(prefix="rulebus-bench-", dir=args.workdir))
+    plan = Plan(quick=args.quick, sizes=QUICK if args.quick else FULL, workdir=workdir)
+    started = time.monotonic()
+    figures: list[Figure] = []
+    try:
+        for name in names:
+            t0 = time.monotonic()
+            print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+            try:
+                result = FIGURES[name](plan)
+            except Exception as exc:  # one broken figure must not hide the others
+                traceback.print_exc()
+                result = Figure(name, name, error=f"{type(exc).__name__}: {exc}")
+            got = result if isinstance(result, list) else [result]
+            figures.extend(got)
+            print(f"[bench] {name} done in {time.monotonic() - t0:.1f} s", file=sys.stderr,
+                  flush=True)
+            if name == "pipeline":
+                plan.pipeline_events_per_s = got[0].value
+    finally:
+        if args.keep:
+            print(f"[bench] work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    seconds = time.monotonic() - started
+    mode = "quick" if args.quick else "full"
+    print(f"\nrulebus benchmarks, {mode} mode, {seconds:.0f} s\n")
+    print(table(figures))
+    if args.json:
+        write_json(args.json, mode, seconds, figures)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
