@@ -1,0 +1,3 @@
+from rulebus.cli import main
+
+main(prog_name="rulebus")

@@ -1,0 +1,112 @@
+"""The action interface and what an action gets to work with."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from rulebus.backends.base import Appended, ObjectStore, TableStore
+from rulebus.errors import ActionError, SqlError
+from rulebus.events import Event
+from rulebus.sql import EvalContext, Template, compile_template
+
+if TYPE_CHECKING:
+    from rulebus.functions import FunctionHost
+    from rulebus.notifications import Notifier
+    from rulebus.template.options import Options
+
+_DERIVED = uuid.UUID("5b1d2f0e-6c1e-4f0a-9a57-7275c6562b75")
+
+
+@dataclass(frozen=True)
+class Declared:
+    """The names an app declares, so actions can check their references at load time."""
+
+    tables: dict[str, tuple[str, ...]]
+    buckets: frozenset[str]
+    notifications: frozenset[str]
+    functions: frozenset[str]
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One rule's output for one event, on its way through the rule's actions.
+
+    ``input`` is what ``${}`` templates see: the event's payload, as in AWS IoT
+    (for an error action, the error payload).
+    """
+
+    event: Event
+    rule: str
+    output: Any
+    ctx: EvalContext
+    input: Any
+
+    def derived_id(self, action_index: int, n: int = 0) -> str:
+        """A stable id for the n-th event this action publishes, the same on every retry.
+
+        The bus drops a second append with the same id, so a replayed delivery
+        does not publish its events twice.
+        """
+        return str(uuid.uuid5(_DERIVED, f"{self.event.id}/{self.rule}/{action_index}/{n}"))
+
+
+@dataclass
+class Services:
+    """What actions use at run time. The engine never tells them which backend it has."""
+
+    tables: TableStore
+    objects: ObjectStore
+    notifier: Notifier
+    functions: FunctionHost
+    publish: Callable[[Sequence[Event]], Awaitable[list[Appended]]]
+    log: logging.Logger
+
+
+class Action(ABC):
+    """An action kind: validated once from its options, then run per delivery.
+
+    ``run`` raises :class:`~rulebus.errors.ActionError` on failure, saying
+    whether a retry may help. Actions must be idempotent for the same
+    delivery: deliveries are at least once.
+    """
+
+    kind: ClassVar[str]
+    resource: str = ""
+
+    @classmethod
+    @abstractmethod
+    def from_options(cls, opts: Options, declared: Declared) -> Action: ...
+
+    @abstractmethod
+    async def run(self, delivery: Delivery, index: int, services: Services) -> None: ...
+
+
+def template_option(opts: Options, key: str, *, required: bool = True) -> Template | None:
+    """Read a ``${}`` substitution template, reporting a bad one at its key."""
+    text = opts.str(key, required=required)
+    if not text:
+        return None
+    try:
+        return compile_template(text)
+    except SqlError as exc:
+        opts.fail(key, f"invalid template: {exc}")
+
+
+def render(template: Template, delivery: Delivery, what: str) -> str:
+    try:
+        return template.render(delivery.input, delivery.ctx)
+    except Exception as exc:
+        raise ActionError(f"cannot render {what}: {exc}", retryable=False) from exc
+
+
+def reference(opts: Options, key: str, known: frozenset[str] | dict[str, Any], what: str) -> str:
+    name = opts.str(key, required=True)
+    if name not in known:
+        names = ", ".join(sorted(known)) or "none declared"
+        opts.fail(key, f"unknown {what} {name!r} (declared: {names})")
+    return name

@@ -1,0 +1,44 @@
+"""``function``: call a user's Python handler with the rule's output."""
+
+from __future__ import annotations
+
+from rulebus.actions.base import Action, Declared, Delivery, Services, reference
+from rulebus.actions.registry import register
+from rulebus.events import Event
+from rulebus.template.options import Options
+
+
+@register
+class FunctionAction(Action):
+    """Options: ``name``, a declared function. Events it publishes go back to the bus."""
+
+    kind = "function"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.resource = name
+
+    @classmethod
+    def from_options(cls, opts: Options, declared: Declared) -> Action:
+        return cls(reference(opts, "name", declared.functions, "function"))
+
+    async def run(self, delivery: Delivery, index: int, services: Services) -> None:
+        published = await services.functions.invoke(self.name, delivery)
+        if published:
+            events = [
+                delivery_event(delivery, index, n, topic, payload)
+                for n, (topic, payload) in enumerate(published)
+            ]
+            await services.publish(events)
+
+
+def delivery_event(delivery: Delivery, index: int, n: int, topic: str, payload: object) -> Event:
+    """The n-th event a function published, with an id stable across retries."""
+    return Event(
+        id=delivery.derived_id(index, n),
+        topic=topic,
+        ts=delivery.event.ts,
+        payload=payload,
+        client_id=f"rule:{delivery.rule}",
+        principal=delivery.event.principal,
+    )

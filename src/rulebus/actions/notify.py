@@ -1,0 +1,25 @@
+"""``notify``: fan the rule's output out to a notification topic's subscribers."""
+
+from __future__ import annotations
+
+from rulebus.actions.base import Action, Declared, Delivery, Services, reference
+from rulebus.actions.registry import register
+from rulebus.template.options import Options
+
+
+@register
+class NotifyAction(Action):
+    """Options: ``topic``, a declared notification topic."""
+
+    kind = "notify"
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.resource = topic
+
+    @classmethod
+    def from_options(cls, opts: Options, declared: Declared) -> Action:
+        return cls(reference(opts, "topic", declared.notifications, "notification topic"))
+
+    async def run(self, delivery: Delivery, index: int, services: Services) -> None:
+        await services.notifier.notify(self.topic, delivery, message_id=delivery.derived_id(index))

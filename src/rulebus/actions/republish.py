@@ -1,0 +1,51 @@
+"""``republish``: publish the rule's output to a ``${}`` topic."""
+
+from __future__ import annotations
+
+from rulebus.actions.base import (
+    Action,
+    Declared,
+    Delivery,
+    Services,
+    render,
+    template_option,
+)
+from rulebus.actions.registry import register
+from rulebus.errors import ActionError, BadInput
+from rulebus.events import Event
+from rulebus.sql import Template, validate_topic
+from rulebus.template.options import Options
+
+
+@register
+class RepublishAction(Action):
+    """Options: ``topic``, a ``${}`` template. The new event's id is derived from the
+    delivery, so a retried delivery does not publish twice."""
+
+    kind = "republish"
+
+    def __init__(self, topic: Template, text: str) -> None:
+        self.topic = topic
+        self.resource = text
+
+    @classmethod
+    def from_options(cls, opts: Options, declared: Declared) -> Action:
+        topic = template_option(opts, "topic")
+        assert topic is not None
+        return cls(topic, opts.value["topic"])
+
+    async def run(self, delivery: Delivery, index: int, services: Services) -> None:
+        topic = render(self.topic, delivery, "topic")
+        try:
+            validate_topic(topic)
+        except BadInput as exc:
+            raise ActionError(exc.message, retryable=False) from None
+        event = Event(
+            id=delivery.derived_id(index),
+            topic=topic,
+            ts=delivery.event.ts,
+            payload=delivery.output,
+            client_id=f"rule:{delivery.rule}",
+            principal=delivery.event.principal,
+        )
+        await services.publish([event])

@@ -1,0 +1,57 @@
+"""``table``: put the rule's output into a table, keyed by the table's key fields."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rulebus.actions.base import Action, Declared, Delivery, Services, reference, render
+from rulebus.actions.registry import register
+from rulebus.errors import ActionError
+from rulebus.sql import Template, compile_template
+from rulebus.template.options import Options
+
+
+@register
+class TableAction(Action):
+    """Options: ``name`` (a declared table) and optional ``key``: field -> ``${}`` template.
+
+    Key fields without a template are taken from the output, so the same
+    event always lands on the same row and retries never add a second one.
+    """
+
+    kind = "table"
+
+    def __init__(self, table: str, keys: dict[str, Template]) -> None:
+        self.table = table
+        self.resource = table
+        self.keys = keys
+
+    @classmethod
+    def from_options(cls, opts: Options, declared: Declared) -> Action:
+        table = reference(opts, "name", declared.tables, "table")
+        key_opts = opts.section("key")
+        keys: dict[str, Template] = {}
+        for field in key_opts.value:
+            if field not in declared.tables[table]:
+                key_opts.fail(field, f"{field!r} is not a key field of table {table!r}")
+            text = key_opts.str(field, required=True)
+            try:
+                keys[field] = compile_template(text)
+            except Exception as exc:
+                key_opts.fail(field, f"invalid template: {exc}")
+        key_opts.done()
+        return cls(table, keys)
+
+    async def run(self, delivery: Delivery, index: int, services: Services) -> None:
+        output = delivery.output
+        if not isinstance(output, dict):
+            raise ActionError(
+                f"table {self.table!r} takes an object, the rule produced {type(output).__name__}",
+                retryable=False,
+            )
+        item: dict[str, Any] = output
+        if self.keys:
+            item = dict(output)
+            for field, template in self.keys.items():
+                item[field] = render(template, delivery, f"key field {field!r}")
+        await services.tables.put(self.table, item)

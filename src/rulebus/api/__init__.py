@@ -1,0 +1,1 @@
+"""The HTTP API: ingest routes and admin routes over Starlette."""

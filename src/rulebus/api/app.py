@@ -1,0 +1,145 @@
+"""The Starlette application: ingest routes from the app file plus built-in routes.
+
+Errors become responses in one place (``_error``): a ``BadInput`` keeps its
+status, a ``NotFound`` is 404, anything else is a 500 with no details.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from rulebus import codec
+from rulebus.api.ingest import (
+    MAX_BATCH_BODY,
+    MAX_BODY,
+    decode,
+    decode_batch,
+    now_ms,
+    route_event,
+    topic_event,
+)
+from rulebus.errors import BadInput, NotFound, RulebusError
+from rulebus.template.model import RouteSpec
+
+if TYPE_CHECKING:
+    from rulebus.runtime import Runtime
+
+log = logging.getLogger("rulebus.api")
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return codec.dumps(content)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise BadInput(f"body of {length} bytes is over the limit of {limit} bytes", status=413)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadInput(f"body is over the limit of {limit} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def client_id(request: Request) -> str:
+    given = request.headers.get("rulebus-client-id")
+    if given:
+        return given[:128]
+    return f"http:{request.client.host}" if request.client else "http"
+
+
+def build_api(runtime: Runtime) -> Starlette:
+    bus = runtime.bus
+
+    def single(route: RouteSpec) -> Any:
+        async def endpoint(request: Request) -> Response:
+            body = decode(await read_body(request, MAX_BODY))
+            event = route_event(route, body, client_id(request), now_ms())
+            (appended,) = await bus.append([event])
+            status = 200 if appended.duplicate else 202
+            return JSON({"id": event.id, "topic": event.topic, "duplicate": appended.duplicate},
+                        status_code=status)
+
+        return endpoint
+
+    def batch(route: RouteSpec) -> Any:
+        async def endpoint(request: Request) -> Response:
+            body = await read_body(request, MAX_BATCH_BODY)
+            items = decode_batch(body, request.headers.get("content-type", ""))
+            ts = now_ms()
+            source = client_id(request)
+            results: list[dict[str, Any]] = []
+            events = []
+            for item in items:
+                try:
+                    if isinstance(item, BadInput):
+                        raise item
+                    event = route_event(route, item, source, ts)
+                except BadInput as exc:
+                    results.append({"error": exc.message, "status": exc.status})
+                    continue
+                results.append({"id": event.id, "topic": event.topic})
+                events.append(event)
+            appended = iter(await bus.append(events)) if events else iter(())
+            for result in results:
+                if "id" in result:
+                    result["duplicate"] = next(appended).duplicate
+            rejected = sum(1 for r in results if "error" in r)
+            return JSON(
+                {"accepted": len(results) - rejected, "rejected": rejected, "results": results},
+                status_code=207 if rejected else 200,
+            )
+
+        return endpoint
+
+    async def publish(request: Request) -> Response:
+        body = decode(await read_body(request, MAX_BODY))
+        event = topic_event(request.path_params["topic"], body, client_id(request), now_ms())
+        await bus.append([event])
+        return JSON({"id": event.id, "topic": event.topic}, status_code=202)
+
+    async def healthz(request: Request) -> Response:
+        return JSON({"status": "ok", "app": runtime.app.name})
+
+    async def stats(request: Request) -> Response:
+        return JSON(await runtime.stats())
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/admin/stats", stats, methods=["GET"]),
+        Route("/topics/{topic:path}", publish, methods=["POST"]),
+    ]
+    for spec in runtime.app.routes:
+        routes.append(Route(spec.path, single(spec), methods=["POST"]))
+        if spec.batch_path:
+            routes.append(Route(spec.batch_path, batch(spec), methods=["POST"]))
+
+    return Starlette(
+        routes=routes,
+        exception_handlers={RulebusError: _error, HTTPException: _error, Exception: _error},
+    )
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, BadInput):
+        return JSON({"error": exc.message}, status_code=exc.status)
+    if isinstance(exc, HTTPException):
+        return JSON({"error": exc.detail}, status_code=exc.status_code)
+    if isinstance(exc, NotFound):
+        return JSON({"error": str(exc)}, status_code=404)
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSON({"error": "internal error"}, status_code=500)

@@ -1,0 +1,119 @@
+"""Turning request bodies into events: limits, decoding, validation, ids, topics.
+
+Everything that becomes part of a topic or a key is validated here, before
+the event is appended, so a bad request never reaches the bus.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+from rulebus import codec
+from rulebus.errors import BadInput
+from rulebus.events import Event
+from rulebus.sql import EvalContext, validate_topic
+from rulebus.template.model import RouteSpec
+
+MAX_BODY = 128 * 1024
+MAX_BATCH_BODY = 16 * 1024 * 1024
+MAX_BATCH_ITEMS = 1000
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_FORBIDDEN_IN_LEVEL = re.compile(r"[/+#\x00]")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def decode(body: bytes) -> Any:
+    if not body.strip():
+        raise BadInput("empty body: expected a JSON document")
+    try:
+        return codec.loads(body)
+    except codec.DecodeError as exc:
+        raise BadInput(f"invalid JSON: {exc}") from None
+
+
+def decode_batch(body: bytes, content_type: str) -> list[Any]:
+    """A JSON array, or NDJSON (one document per line)."""
+    if "ndjson" in content_type or "jsonlines" in content_type:
+        lines = [line for line in body.split(b"\n") if line.strip()]
+        items: list[Any] = []
+        for n, line in enumerate(lines, 1):
+            try:
+                items.append(codec.loads(line))
+            except codec.DecodeError as exc:
+                items.append(BadInput(f"line {n}: invalid JSON: {exc}"))
+    else:
+        items = decode(body)
+        if not isinstance(items, list):
+            raise BadInput("expected a JSON array of events (or NDJSON with content-type "
+                           "application/x-ndjson)")
+    if not items:
+        raise BadInput("empty batch")
+    if len(items) > MAX_BATCH_ITEMS:
+        raise BadInput(f"batch of {len(items)} events; at most {MAX_BATCH_ITEMS} per request",
+                       status=413)
+    return items
+
+
+def event_id(value: Any) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise BadInput(
+            "invalid id: expected a string of 1-128 letters, digits, '.', '_', ':' or '-',"
+            " starting with a letter or digit"
+        )
+    return value
+
+
+def route_event(route: RouteSpec, body: Any, client_id: str | None, ts: int) -> Event:
+    """Validate a route's body, assign its id and render its topic."""
+    if not isinstance(body, dict):
+        raise BadInput(f"expected a JSON object, got {_json_kind(body)}")
+    for field in route.required:
+        if body.get(field) is None:
+            raise BadInput(f"missing required field {field!r}")
+    if body.get(route.id_field) is None:
+        body[route.id_field] = str(uuid.uuid4())
+    id_ = event_id(body[route.id_field])
+    topic = render_topic(route, body)
+    return Event(id_, topic, ts, body, client_id)
+
+
+def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
+    ctx = EvalContext(topic="")
+    levels = []
+    for template in route.topic_levels:
+        level = template.render(body, ctx)
+        if template.is_constant:
+            levels.append(level)
+            continue
+        # A value from the body must stay one level: no separator, no
+        # wildcard, nothing empty and nothing reserved.
+        if not level or _FORBIDDEN_IN_LEVEL.search(level) or level.startswith("$"):
+            raise BadInput(
+                f"invalid topic level {level!r} from the body: a level must be non-empty and"
+                " contain no '/', '+', '#' or NUL, and not start with '$'"
+            )
+        levels.append(level)
+    return validate_topic("/".join(levels))
+
+
+def topic_event(topic: str, body: Any, client_id: str | None, ts: int) -> Event:
+    validate_topic(topic)
+    return Event(str(uuid.uuid4()), topic, ts, body, client_id)
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"

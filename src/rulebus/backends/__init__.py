@@ -1,0 +1,1 @@
+"""Storage backends: one interface module, one module per engine."""

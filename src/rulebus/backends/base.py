@@ -1,0 +1,140 @@
+"""The interfaces the engine talks to. No backend detail leaks past these."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from rulebus.events import Event
+
+
+@dataclass(slots=True)
+class Appended:
+    """The outcome of appending one event: its position, or that it was a duplicate id."""
+
+    id: str
+    seq: int
+    duplicate: bool = False
+
+
+@dataclass(slots=True)
+class Failure:
+    """One failed action of a delivery, as kept for retries and dead letters."""
+
+    action: str
+    resource: str
+    message: str
+    retryable: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "failedAction": self.action,
+            "failedResource": self.resource,
+            "errorMessage": self.message,
+        }
+
+
+@dataclass(slots=True)
+class Retry:
+    """A (event, rule) delivery that failed and waits to be tried again."""
+
+    seq: int
+    rule: str
+    attempts: int
+    due_at: float
+    actions: list[int]
+    failures: list[Failure] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A delivery that exhausted its retries: kept until someone redrives it."""
+
+    id: int
+    seq: int
+    rule: str
+    event: Event
+    attempts: int
+    failed_at: float
+    failures: list[dict[str, Any]]
+
+
+class Bus(Protocol):
+    """A durable, ordered log of events plus the delivery state of each rule."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, events: Sequence[Event]) -> list[Appended]:
+        """Append events durably; returns only after they are committed."""
+        ...
+
+    async def read(self, after_seq: int, limit: int) -> list[Event]:
+        """Events with a position after ``after_seq``, in order."""
+        ...
+
+    async def wait_for_events(self, after_seq: int, timeout: float) -> None:
+        """Return when an event after ``after_seq`` may exist, or after ``timeout``."""
+        ...
+
+    async def load_dispatched(self) -> int:
+        """The position up to which every event has been dispatched to its rules."""
+        ...
+
+    async def rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
+        """The position after which each rule applies; new rules start at the head."""
+        ...
+
+    async def commit_dispatch(self, seq: int, retries: Sequence[Retry]) -> None:
+        """Atomically record failed deliveries and advance the dispatch position."""
+        ...
+
+    async def due_retries(self, now: float, limit: int) -> list[Retry]: ...
+
+    async def update_retry(self, retry: Retry) -> None: ...
+
+    async def delete_retry(self, seq: int, rule: str) -> None: ...
+
+    async def dead_letter(self, retry: Retry) -> None:
+        """Move a retry that gave up to the dead-letter store."""
+        ...
+
+    async def get(self, seq: int) -> Event | None: ...
+
+
+class TableStore(Protocol):
+    """Keyed items, one namespace per table. ``put`` replaces the item with the same key."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_table(self, name: str, key: Sequence[str]) -> None: ...
+
+    async def put(self, table: str, item: dict[str, Any]) -> None: ...
+
+    def scan(self, table: str) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def get(self, table: str, key: dict[str, Any]) -> dict[str, Any] | None: ...
+
+
+class ObjectStore(Protocol):
+    """Buckets of objects addressed by key. Keys are validated; none escapes its bucket."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create_bucket(self, name: str) -> None: ...
+
+    async def put(self, bucket: str, key: str, body: bytes) -> None: ...
+
+    async def get(self, bucket: str, key: str) -> bytes: ...
+
+    def list(self, bucket: str, prefix: str = "") -> AsyncIterator[str]: ...
+
+    async def flush(self) -> None:
+        """Make every completed ``put`` durable (a barrier before deliveries are acknowledged)."""
+        ...

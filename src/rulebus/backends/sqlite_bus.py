@@ -1,0 +1,322 @@
+"""The embedded bus: an SQLite log in WAL mode, with delivery state per rule.
+
+Positions (``seq``) are the log's integer primary key. Each rule's delivery
+state is the dispatch position (shared by all rules), the position from which
+the rule applies, and its rows in ``retries``. A delivery that exhausts its
+retries moves to ``dead_letters``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rulebus import codec
+from rulebus.backends.base import Appended, DeadLetter, Failure, Retry
+from rulebus.backends.sqlite_writer import GroupCommitWriter, connect
+from rulebus.events import Event
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    client_id TEXT,
+    principal TEXT
+);
+CREATE TABLE IF NOT EXISTS dispatch (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rule_starts (
+    rule TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS retries (
+    seq INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    due_at REAL NOT NULL,
+    actions TEXT NOT NULL,
+    failures TEXT NOT NULL,
+    PRIMARY KEY (seq, rule)
+);
+CREATE INDEX IF NOT EXISTS retries_due ON retries (due_at);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    failed_at REAL NOT NULL,
+    failures TEXT NOT NULL
+);
+"""
+
+_COLUMNS = "seq, id, topic, ts, payload, client_id, principal"
+
+# Events appended by this process are kept decoded for the dispatcher, so the
+# hot path never decodes a payload twice. Bounded: past it, the dispatcher
+# reads (and decodes) from the log like it does after a restart.
+TAIL_CACHE_LIMIT = 20_000
+
+
+def _row_event(row: tuple[Any, ...]) -> Event:
+    seq, id_, topic, ts, payload, client_id, principal = row
+    return Event(id_, topic, ts, codec.loads(payload), client_id, principal, seq)
+
+
+def _failures_json(failures: Sequence[Failure]) -> bytes:
+    return codec.dumps(
+        [
+            {"action": f.action, "resource": f.resource, "message": f.message,
+             "retryable": f.retryable}
+            for f in failures
+        ]
+    )
+
+
+def _failures_from(data: bytes | str) -> list[Failure]:
+    return [Failure(**item) for item in codec.loads(data)]
+
+
+class SqliteBus:
+    """The :class:`~rulebus.backends.base.Bus` on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = GroupCommitWriter(path, name="bus-writer")
+        self._reader: sqlite3.Connection | None = None
+        self._tail: dict[int, Event] = {}
+        self._appended = asyncio.Event()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path)
+        conn.executescript(SCHEMA)
+        conn.close()
+        self._writer.start()
+        self._reader = connect(self.path)
+
+    async def close(self) -> None:
+        self._writer.stop()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._reader is not None, "bus is not open"
+        return self._reader
+
+    async def append(self, events: Sequence[Event]) -> list[Appended]:
+        rows = [
+            (e.id, e.topic, e.ts, codec.dumps(e.payload), e.client_id, e.principal)
+            for e in events
+        ]
+
+        def work(conn: sqlite3.Connection) -> list[Appended]:
+            out = []
+            for row in rows:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO events (id, topic, ts, payload, client_id, principal)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                if cur.rowcount:
+                    out.append(Appended(row[0], cur.lastrowid or 0))
+                else:
+                    (seq,) = conn.execute("SELECT seq FROM events WHERE id = ?", (row[0],)).fetchone()
+                    out.append(Appended(row[0], seq, duplicate=True))
+            return out
+
+        results = await self._writer.submit(work)
+        if len(self._tail) < TAIL_CACHE_LIMIT:
+            for event, result in zip(events, results, strict=True):
+                if not result.duplicate:
+                    event.seq = result.seq
+                    self._tail[result.seq] = event
+        self._appended.set()
+        return results
+
+    def append_sync(self, events: Sequence[Event]) -> list[Appended]:
+        """Append from outside an event loop (the CLI)."""
+        return asyncio.run(self._append_in_new_loop(events))
+
+    async def _append_in_new_loop(self, events: Sequence[Event]) -> list[Appended]:
+        return await self.append(events)
+
+    async def read(self, after_seq: int, limit: int) -> list[Event]:
+        tail = self._tail
+        out: list[Event] = []
+        seq = after_seq + 1
+        while len(out) < limit:
+            event = tail.pop(seq, None)
+            if event is None:
+                break
+            out.append(event)
+            seq += 1
+        if out:
+            return out
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        for row in rows:
+            tail.pop(row[0], None)
+        return [_row_event(row) for row in rows]
+
+    async def wait_for_events(self, after_seq: int, timeout: float) -> None:
+        if (after_seq + 1) in self._tail:
+            return
+        self._appended.clear()
+        # Other processes (``rulebus publish``) append too: the timeout makes
+        # the dispatcher look at the log even when nothing here woke it.
+        try:
+            await asyncio.wait_for(self._appended.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def get(self, seq: int) -> Event | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else _row_event(row)
+
+    async def head(self) -> int:
+        (seq,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return int(seq)
+
+    async def load_dispatched(self) -> int:
+        row = self._db.execute("SELECT seq FROM dispatch WHERE one = 1").fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
+        names = list(rules)
+
+        def work(conn: sqlite3.Connection) -> dict[str, int]:
+            known = dict(conn.execute("SELECT rule, seq FROM rule_starts").fetchall())
+            dispatched = conn.execute("SELECT seq FROM dispatch WHERE one = 1").fetchone()
+            # A rule seen for the first time applies to events that arrive
+            # from now on, not to the history: like a new AWS IoT rule.
+            start = (
+                conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+                if dispatched is not None
+                else 0
+            )
+            new = [(name, start) for name in names if name not in known]
+            conn.executemany("INSERT INTO rule_starts (rule, seq) VALUES (?, ?)", new)
+            if dispatched is None:
+                conn.execute("INSERT INTO dispatch (one, seq) VALUES (1, 0)")
+            known.update(new)
+            return {name: int(known[name]) for name in names}
+
+        return await self._writer.submit(work)
+
+    async def commit_dispatch(self, seq: int, retries: Sequence[Retry]) -> None:
+        rows = [
+            (r.seq, r.rule, r.attempts, r.due_at, codec.dumps(r.actions),
+             _failures_json(r.failures))
+            for r in retries
+        ]
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO retries (seq, rule, attempts, due_at, actions, failures)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.execute("UPDATE dispatch SET seq = max(seq, ?) WHERE one = 1", (seq,))
+
+        await self._writer.submit(work)
+
+    async def due_retries(self, now: float, limit: int) -> list[Retry]:
+        rows = self._db.execute(
+            "SELECT seq, rule, attempts, due_at, actions, failures FROM retries"
+            " WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [
+            Retry(seq, rule, attempts, due_at, codec.loads(actions), _failures_from(failures))
+            for seq, rule, attempts, due_at, actions, failures in rows
+        ]
+
+    async def next_retry_at(self) -> float | None:
+        (due,) = self._db.execute("SELECT min(due_at) FROM retries").fetchone()
+        return None if due is None else float(due)
+
+    async def update_retry(self, retry: Retry) -> None:
+        row = (retry.attempts, retry.due_at, codec.dumps(retry.actions),
+               _failures_json(retry.failures), retry.seq, retry.rule)
+        await self._writer.submit(
+            lambda conn: conn.execute(
+                "UPDATE retries SET attempts = ?, due_at = ?, actions = ?, failures = ?"
+                " WHERE seq = ? AND rule = ?",
+                row,
+            )
+        )
+
+    async def delete_retry(self, seq: int, rule: str) -> None:
+        await self._writer.submit(
+            lambda conn: conn.execute(
+                "DELETE FROM retries WHERE seq = ? AND rule = ?", (seq, rule)
+            )
+        )
+
+    async def dead_letter(self, retry: Retry) -> None:
+        failures = codec.dumps([f.as_dict() for f in retry.failures])
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM retries WHERE seq = ? AND rule = ?", (retry.seq, retry.rule)
+            )
+            conn.execute(
+                "INSERT INTO dead_letters (seq, rule, attempts, failed_at, failures)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (retry.seq, retry.rule, retry.attempts, time.time(), failures),
+            )
+
+        await self._writer.submit(work)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        rows = self._db.execute(
+            f"SELECT d.id, d.rule, d.attempts, d.failed_at, d.failures, "
+            f"{', '.join('e.' + c.strip() for c in _COLUMNS.split(','))}"
+            " FROM dead_letters d JOIN events e ON e.seq = d.seq ORDER BY d.id"
+        ).fetchall()
+        return [
+            DeadLetter(
+                id=row[0], seq=row[5], rule=row[1], event=_row_event(row[5:]),
+                attempts=row[2], failed_at=row[3], failures=codec.loads(row[4]),
+            )
+            for row in rows
+        ]
+
+    async def redrive(self, ids: Sequence[int] | None) -> int:
+        """Put dead letters back into the retry queue, due now; ``None`` means all."""
+        now = time.time()
+
+        def work(conn: sqlite3.Connection) -> int:
+            where = "" if ids is None else f" WHERE id IN ({', '.join('?' * len(ids))})"
+            params = () if ids is None else tuple(ids)
+            rows = conn.execute(f"SELECT id, seq, rule FROM dead_letters{where}", params).fetchall()
+            conn.executemany(
+                "INSERT OR REPLACE INTO retries (seq, rule, attempts, due_at, actions, failures)"
+                " VALUES (?, ?, 0, ?, 'null', '[]')",
+                [(seq, rule, now) for _, seq, rule in rows],
+            )
+            conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
+            return len(rows)
+
+        return await self._writer.submit(work)
+
+    async def count_retries(self) -> int:
+        (n,) = self._db.execute("SELECT count(*) FROM retries").fetchone()
+        return int(n)
+
+    async def count_dead_letters(self) -> int:
+        (n,) = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()
+        return int(n)

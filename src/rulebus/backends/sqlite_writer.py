@@ -1,0 +1,142 @@
+"""Group commit for SQLite: many callers, one transaction, one fsync.
+
+SQLite allows one writer at a time and every commit costs an fsync. A single
+writer thread takes every write that is waiting, runs them all in one
+transaction and commits once, so concurrent requests share the cost of the
+commit instead of queueing for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+Work = Callable[[sqlite3.Connection], Any]
+
+_STOP = object()
+
+
+def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A connection in WAL mode, in autocommit mode so transactions are explicit."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class GroupCommitWriter:
+    """Runs write functions on one thread, batching those that wait into one commit.
+
+    Each write function gets the connection inside an open transaction. If
+    one raises, it alone is rolled back (through a savepoint) and its caller
+    gets the exception; the rest of the batch commits.
+    """
+
+    def __init__(self, path: Path, *, max_batch: int = 2000, name: str = "sqlite-writer") -> None:
+        self._path = path
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._conn: sqlite3.Connection | None = None
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.after_commit: Callable[[], None] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    async def submit(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in the next group commit; returns once it is durable."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((work, future, loop))
+        return await future
+
+    def submit_sync(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """The blocking form of :meth:`submit`, for threads without an event loop."""
+        done = threading.Event()
+        box: list[Any] = []
+        self._queue.put((work, (done, box), None))
+        done.wait()
+        if box[0]:
+            raise box[1]
+        return box[1]  # type: ignore[no-any-return]
+
+    def _run(self) -> None:
+        try:
+            self._conn = connect(self._path)
+        except BaseException as exc:  # reported to start()'s caller
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        conn = self._conn
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is _STOP or any(item is _STOP for item in batch):
+                stopping = True
+                batch = [item for item in batch if item is not _STOP]
+            if batch:
+                self._commit(conn, batch)
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for work, _, _ in batch:
+                conn.execute("SAVEPOINT one")
+                try:
+                    results.append((False, work(conn)))
+                    conn.execute("RELEASE one")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO one")
+                    conn.execute("RELEASE one")
+                    results.append((True, exc))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            results = [(True, exc)] * len(batch)
+        else:
+            if self.after_commit is not None:
+                self.after_commit()
+        for (_, target, loop), (failed, value) in zip(batch, results, strict=True):
+            if loop is None:
+                done, box = target
+                box.extend((failed, value))
+                done.set()
+            else:
+                loop.call_soon_threadsafe(_settle, target, failed, value)
+
+
+def _settle(future: asyncio.Future[Any], failed: bool, value: Any) -> None:
+    if future.done():
+        return
+    if failed:
+        future.set_exception(value)
+    else:
+        future.set_result(value)

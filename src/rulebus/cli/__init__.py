@@ -1,0 +1,30 @@
+"""The ``rulebus`` command line: a thin layer over the library.
+
+Every error the library raises on purpose becomes one line on stderr and a
+non-zero exit code; nothing here prints a traceback for bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from rulebus.cli.common import Group
+from rulebus.cli.data import bucket, dlq, publish, table
+from rulebus.cli.run import check, up
+from rulebus.cli.sql import sql
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rulebus")
+def main() -> None:
+    """rulebus: AWS IoT-style topics and SQL rules on your own machines."""
+
+
+for command in (up, check, publish, table, bucket, dlq, sql):
+    main.add_command(command)
+
+
+def run(*args: Any) -> None:  # pragma: no cover - console entry point alias
+    main(*args)

@@ -1,0 +1,143 @@
+"""Commands over the data directory: publish, tables, buckets, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from rulebus import codec
+from rulebus.api.ingest import decode, now_ms, topic_event
+from rulebus.cli.common import data_dir_option, require_data_dir
+from rulebus.runtime import stores
+
+T = TypeVar("T")
+
+
+def _with_stores(data_dir: Path, work: Callable[..., Awaitable[T]]) -> T:
+    require_data_dir(data_dir)
+
+    async def main() -> T:
+        opened = stores(data_dir)
+        for store in opened:
+            await store.open()
+        try:
+            return await work(*opened)
+        finally:
+            for store in reversed(opened):
+                await store.close()
+
+    return asyncio.run(main())
+
+
+@click.command()
+@click.argument("topic")
+@click.argument("payload", metavar="JSON")
+@data_dir_option
+def publish(topic: str, payload: str, data_dir: Path) -> None:
+    """Publish one JSON event to TOPIC (a running app picks it up)."""
+    event = topic_event(topic, decode(payload.encode()), "cli", now_ms())
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def work(bus: Any, tables: Any, objects: Any) -> None:
+        await bus.append([event])
+
+    _with_stores(data_dir, work)
+    click.echo(codec.dumps_str({"id": event.id, "topic": event.topic}))
+
+
+@click.group()
+def table() -> None:
+    """Read tables."""
+
+
+@table.command("scan")
+@click.argument("name")
+@data_dir_option
+def table_scan(name: str, data_dir: Path) -> None:
+    """Print every item of table NAME as JSON lines."""
+
+    async def work(bus: Any, tables: Any, objects: Any) -> None:
+        async for item in tables.scan(name):
+            sys.stdout.write(codec.dumps_str(item) + "\n")
+
+    _with_stores(data_dir, work)
+
+
+@click.group()
+def bucket() -> None:
+    """Read buckets."""
+
+
+@bucket.command("ls")
+@click.argument("name")
+@click.option("--prefix", default="", help="Only keys that start with this.")
+@data_dir_option
+def bucket_ls(name: str, prefix: str, data_dir: Path) -> None:
+    """Print the keys in bucket NAME, one per line."""
+
+    async def work(bus: Any, tables: Any, objects: Any) -> None:
+        async for key in objects.list(name, prefix):
+            sys.stdout.write(key + "\n")
+
+    _with_stores(data_dir, work)
+
+
+@bucket.command("get")
+@click.argument("name")
+@click.argument("key")
+@data_dir_option
+def bucket_get(name: str, key: str, data_dir: Path) -> None:
+    """Print the object at KEY in bucket NAME."""
+
+    async def work(bus: Any, tables: Any, objects: Any) -> bytes:
+        return await objects.get(name, key)  # type: ignore[no-any-return]
+
+    body = _with_stores(data_dir, work)
+    sys.stdout.buffer.write(body if body.endswith(b"\n") else body + b"\n")
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect and redrive dead letters."""
+
+
+@dlq.command("ls")
+@data_dir_option
+def dlq_ls(data_dir: Path) -> None:
+    """Print dead letters as JSON lines."""
+
+    async def work(bus: Any, tables: Any, objects: Any) -> None:
+        for letter in await bus.dead_letters():
+            sys.stdout.write(codec.dumps_str({
+                "id": letter.id,
+                "rule": letter.rule,
+                "event_id": letter.event.id,
+                "topic": letter.event.topic,
+                "attempts": letter.attempts,
+                "failed_at": letter.failed_at,
+                "failures": letter.failures,
+                "payload": letter.event.payload,
+            }) + "\n")
+
+    _with_stores(data_dir, work)
+
+
+@dlq.command("redrive")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Redrive every dead letter.")
+@data_dir_option
+def dlq_redrive(ids: tuple[int, ...], everything: bool, data_dir: Path) -> None:
+    """Send dead letters back to be retried by the running app."""
+    if not ids and not everything:
+        raise click.UsageError("give dead-letter ids, or --all")
+
+    async def work(bus: Any, tables: Any, objects: Any) -> int:
+        return await bus.redrive(None if everything else list(ids))  # type: ignore[no-any-return]
+
+    count = _with_stores(data_dir, work)
+    click.echo(f"redriven: {count}")

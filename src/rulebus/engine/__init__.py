@@ -1,0 +1,1 @@
+"""The engine: routes events to rules, runs their actions, retries, dead-letters."""

@@ -1,0 +1,251 @@
+"""The engine: dispatch events from the bus to their rules, retry, dead-letter.
+
+The dispatcher reads the log in batches. For each event it asks the router
+for the rules whose filter matches, evaluates each rule's compiled SQL and
+runs the actions of every rule that fires, all deliveries of a batch
+concurrently. Failed deliveries are recorded in the bus's retry queue in
+the same transaction that moves the dispatch position past the batch, so a
+crash at any point re-delivers (at least once) and never forgets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from rulebus.actions.base import Action, Delivery, Services
+from rulebus.backends.base import Failure, Retry
+from rulebus.backends.sqlite_bus import SqliteBus
+from rulebus.engine.retry import backoff
+from rulebus.engine.router import Router
+from rulebus.errors import ActionError, NotFound, RulebusError
+from rulebus.events import Event
+from rulebus.sql import NO_MATCH, EvalContext
+from rulebus.template.model import App, RuleSpec
+
+log = logging.getLogger("rulebus.engine")
+
+BATCH_SIZE = 512
+IDLE_POLL = 0.25  # seconds: how often an idle engine looks for events other processes wrote
+RETRY_POLL = 0.5
+
+
+def context(event: Event) -> EvalContext:
+    return EvalContext(
+        topic=event.topic,
+        client_id=event.client_id,
+        principal=event.principal,
+        timestamp=event.ts,
+        trace_id=event.id,
+    )
+
+
+class Engine:
+    """Runs an app's enabled rules against a bus until stopped."""
+
+    def __init__(self, app: App, bus: SqliteBus, services: Services) -> None:
+        self.app = app
+        self.bus = bus
+        self.services = services
+        self.rules = {name: rule for name, rule in app.rules.items() if rule.enabled}
+        self.router: Router[RuleSpec] = Router(
+            (rule.compiled.topic_filter.levels, rule) for rule in self.rules.values()
+        )
+        self.dispatched = 0
+        self._starts: dict[str, int] = {}
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._starts = await self.bus.rule_starts(self.rules)
+        self.dispatched = await self.bus.load_dispatched()
+        self._tasks = [
+            asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
+            asyncio.create_task(self._retry_loop(), name="retrier"),
+        ]
+
+    async def stop(self) -> None:
+        """Finish the batch in hand, record its state, and stop."""
+        self._stopping.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- dispatch ---------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping.is_set():
+            events = await self.bus.read(self.dispatched, BATCH_SIZE)
+            if not events:
+                waiter = asyncio.ensure_future(self.bus.wait_for_events(self.dispatched, IDLE_POLL))
+                stopper = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                continue
+            try:
+                await self._dispatch(events)
+            except Exception:
+                # Storage trouble: nothing was recorded, so the batch is
+                # dispatched again after a pause rather than lost.
+                log.exception("dispatching events %d..%d failed", events[0].seq, events[-1].seq)
+                await asyncio.sleep(1)
+
+    async def _dispatch(self, events: list[Event]) -> None:
+        deliveries: list[tuple[Delivery, RuleSpec]] = []
+        retries: list[Retry] = []
+        now = time.time()
+        starts = self._starts
+        for event in events:
+            rules = self.router.match(event.topic)
+            if not rules:
+                continue
+            ctx = context(event)
+            for rule in rules:
+                if event.seq <= starts[rule.name]:
+                    continue
+                try:
+                    output = rule.compiled.evaluate(event.payload, ctx)
+                except RulebusError as exc:
+                    failure = Failure("sql", rule.name, str(exc), retryable=False)
+                    retries.append(Retry(event.seq, rule.name, 1, now, [], [failure]))
+                    continue
+                if output is not NO_MATCH:
+                    deliveries.append(
+                        (Delivery(event, rule.name, output, ctx, event.payload), rule)
+                    )
+        if deliveries:
+            results = await _gather(
+                [self._run(d, rule.actions, range(len(rule.actions))) for d, rule in deliveries]
+            )
+            for (delivery, rule), failed in zip(deliveries, results, strict=True):
+                if failed:
+                    retries.append(self._retry(delivery.event.seq, rule, 1, failed, now))
+        await self.services.objects.flush()
+        await self.bus.commit_dispatch(events[-1].seq, retries)
+        self.dispatched = events[-1].seq
+
+    def _retry(
+        self, seq: int, rule: RuleSpec, attempts: int, failed: list[tuple[int, Failure]],
+        now: float,
+    ) -> Retry:
+        return Retry(
+            seq,
+            rule.name,
+            attempts,
+            now + backoff(rule.retry, attempts),
+            [index for index, _ in failed],
+            [failure for _, failure in failed],
+        )
+
+    async def _run(
+        self, delivery: Delivery, actions: Sequence[Action], indices: Sequence[int]
+    ) -> list[tuple[int, Failure]]:
+        """Run the given actions of a delivery; returns the ones that failed."""
+        if len(indices) == 1:
+            failure = await self._run_one(delivery, actions, indices[0])
+            return [] if failure is None else [failure]
+        results = await asyncio.gather(*(self._run_one(delivery, actions, i) for i in indices))
+        return [r for r in results if r is not None]
+
+    async def _run_one(
+        self, delivery: Delivery, actions: Sequence[Action], index: int
+    ) -> tuple[int, Failure] | None:
+        action = actions[index]
+        try:
+            await action.run(delivery, index, self.services)
+        except ActionError as exc:
+            return index, Failure(action.kind, action.resource, exc.message, exc.retryable)
+        except NotFound as exc:
+            return index, Failure(action.kind, action.resource, str(exc), retryable=False)
+        except Exception as exc:
+            log.exception("action %s of rule %s failed", action.kind, delivery.rule)
+            return index, Failure(action.kind, action.resource, f"{type(exc).__name__}: {exc}")
+        return None
+
+    # -- retries and dead letters ------------------------------------------
+
+    async def _retry_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                due = await self.bus.due_retries(time.time(), 64)
+                if due:
+                    await _gather([self._retry_one(r) for r in due])
+                    continue
+            except Exception:
+                log.exception("retrying deliveries failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), RETRY_POLL)
+
+    async def _retry_one(self, retry: Retry) -> None:
+        rule = self.rules.get(retry.rule)
+        event = await self.bus.get(retry.seq)
+        if rule is None or event is None:
+            missing = "rule is not enabled in this app" if rule is None else "event is gone"
+            retry.failures.append(Failure("rule", retry.rule, missing, retryable=False))
+            await self._give_up(retry, rule, event)
+            return
+        if retry.attempts >= rule.retry.attempts or any(not f.retryable for f in retry.failures):
+            await self._give_up(retry, rule, event)
+            return
+        ctx = context(event)
+        try:
+            output = rule.compiled.evaluate(event.payload, ctx)
+        except RulebusError as exc:
+            retry.failures = [Failure("sql", rule.name, str(exc), retryable=False)]
+            await self._give_up(retry, rule, event)
+            return
+        if output is NO_MATCH:
+            # Only after a redrive into a changed rule: it no longer fires.
+            await self.bus.delete_retry(retry.seq, retry.rule)
+            return
+        delivery = Delivery(event, rule.name, output, ctx, event.payload)
+        indices = retry.actions or range(len(rule.actions))
+        failed = await self._run(delivery, rule.actions, list(indices))
+        await self.services.objects.flush()
+        if not failed:
+            await self.bus.delete_retry(retry.seq, retry.rule)
+            return
+        attempts = retry.attempts + 1
+        updated = self._retry(retry.seq, rule, attempts, failed, time.time())
+        if attempts >= rule.retry.attempts or any(not f.retryable for f in updated.failures):
+            await self._give_up(updated, rule, event)
+        else:
+            await self.bus.update_retry(updated)
+
+    async def _give_up(self, retry: Retry, rule: RuleSpec | None, event: Event | None) -> None:
+        """Run the rule's error action, then keep the delivery as a dead letter."""
+        if rule is not None and event is not None and rule.error_action is not None:
+            payload = error_payload(rule.name, event, retry)
+            delivery = Delivery(event, rule.name, payload, context(event), payload)
+            failure = await self._run_one(delivery, [rule.error_action], 0)
+            if failure is not None:
+                _, f = failure
+                retry.failures.append(
+                    Failure(f"error_action:{f.action}", f.resource, f.message, f.retryable)
+                )
+        log.warning("dead-lettered event %d for rule %s: %s", retry.seq, retry.rule,
+                    "; ".join(f.message for f in retry.failures))
+        await self.bus.dead_letter(retry)
+
+
+def error_payload(rule: str, event: Event, retry: Retry) -> dict[str, Any]:
+    """What an error action receives, shaped like AWS IoT's error action payload."""
+    return {
+        "ruleName": rule,
+        "topic": event.topic,
+        "eventId": event.id,
+        "clientId": event.client_id,
+        "principal": event.principal,
+        "attempts": retry.attempts,
+        "failures": [f.as_dict() for f in retry.failures],
+        "payload": event.payload,
+    }
+
+
+async def _gather(coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    return list(await asyncio.gather(*coros))

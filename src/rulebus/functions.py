@@ -1,0 +1,105 @@
+"""User functions: ``handler(event, ctx)``, sync or async, with a timeout and a concurrency limit."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rulebus.errors import ActionError, BadInput, RulebusError
+from rulebus.sql import validate_topic
+
+if TYPE_CHECKING:
+    from rulebus.actions.base import Delivery
+    from rulebus.template.model import FunctionSpec
+
+Handler = Callable[[Any, "FunctionContext"], Any]
+
+
+def load_handler(root: Path, spec: str) -> Handler:
+    """Import ``module:callable`` from the app folder ``root``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise RulebusError(f"expected module:callable, got {spec!r}")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise RulebusError(f"cannot import module {module_name!r}: {exc}") from None
+    handler = getattr(module, attr, None)
+    if not callable(handler):
+        raise RulebusError(f"module {module_name!r} has no callable {attr!r}")
+    return handler  # type: ignore[no-any-return]
+
+
+class FunctionContext:
+    """What a handler gets besides the event: who called it, ``publish`` and ``log``.
+
+    ``publish`` only records the event; the runtime appends everything a call
+    published once the call has returned, with ids that are the same on a
+    retry, so a retried call does not publish twice.
+    """
+
+    def __init__(self, delivery: Delivery, function: str, log: logging.Logger) -> None:
+        self.event_id = delivery.event.id
+        self.topic = delivery.event.topic
+        self.timestamp = delivery.event.ts
+        self.rule = delivery.rule
+        self.function = function
+        self.log = log
+        self.published: list[tuple[str, Any]] = []
+
+    def publish(self, topic: str, payload: Any) -> None:
+        try:
+            validate_topic(topic)
+        except BadInput as exc:
+            raise ValueError(exc.message) from None
+        self.published.append((topic, payload))
+
+
+class FunctionHost:
+    """Runs handlers: async ones on the event loop, sync ones on a thread pool."""
+
+    def __init__(self, root: Path, specs: dict[str, FunctionSpec]) -> None:
+        self._specs = specs
+        self._handlers = {name: load_handler(root, spec.handler) for name, spec in specs.items()}
+        self._is_async = {
+            name: inspect.iscoroutinefunction(handler) for name, handler in self._handlers.items()
+        }
+        self._limits = {name: asyncio.Semaphore(spec.concurrency) for name, spec in specs.items()}
+        workers = max((spec.concurrency for spec in specs.values()), default=1)
+        self._pool = ThreadPoolExecutor(max_workers=min(workers, 32), thread_name_prefix="fn")
+        self._log = logging.getLogger("rulebus.functions")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def invoke(self, name: str, delivery: Delivery) -> list[tuple[str, Any]]:
+        """Call the handler; returns the events it published."""
+        handler = self._handlers[name]
+        spec = self._specs[name]
+        ctx = FunctionContext(delivery, name, self._log.getChild(name))
+        async with self._limits[name]:
+            try:
+                if self._is_async[name]:
+                    await asyncio.wait_for(handler(delivery.output, ctx), spec.timeout)
+                else:
+                    loop = asyncio.get_running_loop()
+                    call = loop.run_in_executor(self._pool, handler, delivery.output, ctx)
+                    # A thread cannot be killed: on timeout the call is abandoned
+                    # and whatever it publishes afterwards is discarded.
+                    await asyncio.wait_for(call, spec.timeout)
+            except TimeoutError:
+                raise ActionError(f"function {name!r} timed out after {spec.timeout}s") from None
+            except ActionError:
+                raise
+            except Exception as exc:
+                raise ActionError(f"function {name!r} raised {type(exc).__name__}: {exc}") from exc
+        return ctx.published

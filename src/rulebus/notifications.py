@@ -1,0 +1,109 @@
+"""Notification topics: fan a message out to webhooks and the log.
+
+Webhooks follow Standard Webhooks: ``webhook-id`` (stable across retries, for
+receivers to dedupe), ``webhook-timestamp`` and, when the subscriber has a
+secret, ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from rulebus import codec
+from rulebus.errors import ActionError
+
+if TYPE_CHECKING:
+    from rulebus.actions.base import Delivery
+    from rulebus.template.model import NotificationSpec, SubscriberSpec
+
+SECRET_PREFIX = "whsec_"
+
+
+def secret_bytes(secret: str) -> bytes:
+    """A ``whsec_<base64>`` secret is decoded; any other string is used as UTF-8."""
+    if secret.startswith(SECRET_PREFIX):
+        try:
+            return base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+        except ValueError:
+            pass
+    return secret.encode()
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(secret_bytes(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+class Notifier:
+    """Delivers to every subscriber of a topic; fails if any webhook fails."""
+
+    def __init__(self, topics: dict[str, NotificationSpec]) -> None:
+        self._topics = topics
+        self._session: aiohttp.ClientSession | None = None
+        self._log = logging.getLogger("rulebus.notify")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def notify(self, topic: str, delivery: Delivery, *, message_id: str) -> None:
+        body = codec.dumps(delivery.output)
+        subscribers = self._topics[topic].subscribers
+        webhooks = []
+        for sub in subscribers:
+            if sub.kind == "log":
+                self._log.info("%s %s %s", topic, delivery.event.id, body.decode())
+            else:
+                webhooks.append(self._post(sub, topic, delivery, message_id, body))
+        if not webhooks:
+            return
+        results = await asyncio.gather(*webhooks, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            retryable = all(getattr(e, "retryable", True) for e in errors)
+            raise ActionError("; ".join(str(e) for e in errors), retryable=retryable)
+
+    async def _post(
+        self, sub: SubscriberSpec, topic: str, delivery: Delivery, message_id: str, body: bytes
+    ) -> None:
+        assert sub.url is not None
+        now = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(now),
+            "rulebus-event-id": delivery.event.id,
+            "rulebus-topic": delivery.event.topic,
+            "rulebus-notification": topic,
+        }
+        if sub.secret:
+            headers["webhook-signature"] = sign(sub.secret, message_id, now, body)
+        try:
+            timeout = aiohttp.ClientTimeout(total=sub.timeout)
+            async with self._client().post(
+                sub.url, data=body, headers=headers, timeout=timeout
+            ) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ActionError(f"webhook {sub.url}: {type(exc).__name__}: {exc}") from None
+        if status >= 300:
+            # 4xx means the request itself is wrong and will stay wrong, except
+            # for the statuses that ask the sender to come back later.
+            retryable = status >= 500 or status in (408, 409, 425, 429)
+            raise ActionError(f"webhook {sub.url} answered {status}", retryable=retryable)

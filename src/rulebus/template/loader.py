@@ -1,0 +1,277 @@
+"""Load an app folder: parse ``rulebus.yaml``, validate every key, compile every rule."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from rulebus.actions import registry
+from rulebus.actions.base import Declared
+from rulebus.backends.fs_objects import validate_bucket
+from rulebus.errors import BadInput, RulebusError, SqlError
+from rulebus.functions import load_handler
+from rulebus.sql import DEFAULT_SQL_VERSION, SQL_VERSIONS, compile_rule, compile_template
+from rulebus.template.model import (
+    App,
+    FunctionSpec,
+    NotificationSpec,
+    RetrySpec,
+    RouteSpec,
+    RuleSpec,
+    SubscriberSpec,
+    TableSpec,
+)
+from rulebus.template.options import Options
+from rulebus.template.source import Source, read_source
+
+APP_FILE = "rulebus.yaml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_ROUTE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+RESERVED_PATHS = ("/healthz", "/topics", "/admin")
+
+
+def load_app(path: Path | str) -> App:
+    """Load and validate an app folder (or its ``rulebus.yaml``); raises TemplateError."""
+    path = Path(path)
+    file = path / APP_FILE if path.is_dir() else path
+    source = read_source(file)
+    top = Options(source, (), source.data, what="a mapping at the top level")
+    app = App(root=file.parent.resolve(), file=str(file), name=top.str("name", file.parent.name))
+    app.retry = _retry(top.section("retry"), RetrySpec())
+    app.tables = _tables(top.section("tables"))
+    app.buckets = _buckets(top)
+    app.notifications = _notifications(top.section("notifications"))
+    app.functions = _functions(top.section("functions"), app.root)
+    declared = Declared(
+        tables={name: spec.key for name, spec in app.tables.items()},
+        buckets=frozenset(app.buckets),
+        notifications=frozenset(app.notifications),
+        functions=frozenset(app.functions),
+    )
+    app.rules = _rules(top.section("rules"), declared, app.retry)
+    app.routes = _routes(top.section("api"))
+    top.done()
+    return app
+
+
+def _name(opts: Options, key: str, what: str) -> None:
+    if not _NAME.match(key):
+        opts.fail(key, f"invalid {what} name: use letters, digits, '-' and '_' (at most 128)")
+
+
+def _retry(opts: Options, default: RetrySpec) -> RetrySpec:
+    spec = RetrySpec(
+        attempts=opts.int("attempts", default.attempts, minimum=1),
+        base_delay=opts.duration("backoff", default.base_delay),
+        max_delay=opts.duration("max_backoff", default.max_delay),
+    )
+    opts.done()
+    return spec
+
+
+def _tables(opts: Options) -> dict[str, TableSpec]:
+    tables = {}
+    for name in opts.value:
+        if not _FIELD.match(name.replace("-", "_")):
+            opts.fail(name, "invalid table name: start with a letter; use letters, digits, '_', '-'")
+        table = opts.section(name)
+        key = table.str_list("key", required=True)
+        for i, field in enumerate(key):
+            if not _FIELD.match(field) or field == "item":
+                table.fail("key", f"invalid key field {field!r} (position {i})")
+        if len(set(key)) != len(key):
+            table.fail("key", "key fields repeat")
+        table.done()
+        tables[name] = TableSpec(name, tuple(key))
+    return tables
+
+
+def _buckets(top: Options) -> tuple[str, ...]:
+    value = top.raw("buckets")
+    if value is None:
+        return ()
+    names = list(value) if isinstance(value, dict) else value
+    if not isinstance(names, list):
+        top.fail("buckets", "expected a list of bucket names")
+    for i, name in enumerate(names):
+        key = name if isinstance(value, dict) else i
+        if not isinstance(name, str):
+            top.source.fail(("buckets", key), "expected a bucket name")
+        try:
+            validate_bucket(name)
+        except BadInput as exc:
+            top.source.fail(("buckets", key), exc.message)
+        if isinstance(value, dict):
+            Options(top.source, ("buckets", name), value[name]).done()
+    return tuple(names)
+
+
+def _notifications(opts: Options) -> dict[str, NotificationSpec]:
+    out = {}
+    for name in opts.value:
+        _name(opts, name, "notification")
+        spec = opts.section(name)
+        subscribers = spec.raw("subscribers")
+        if not isinstance(subscribers, list) or not subscribers:
+            spec.fail("subscribers", "expected a list of subscribers (webhook or log)")
+        subs = []
+        for i, item in enumerate(subscribers):
+            path = (*spec.path, "subscribers", i)
+            kind, body = _single_key(spec.source, path, item, ("webhook", "log"), "subscriber")
+            sub = Options(spec.source, (*path, kind), body)
+            if kind == "log":
+                sub.done()
+                subs.append(SubscriberSpec("log"))
+                continue
+            url = _from_env(sub, "url")
+            secret = _from_env(sub, "secret")
+            timeout = sub.duration("timeout", 10.0)
+            sub.done()
+            if url is None:
+                continue  # url_env names a variable that is not set: subscriber disabled
+            if not url.startswith(("http://", "https://")):
+                sub.fail("url", f"expected an http:// or https:// URL, got {url!r}")
+            subs.append(SubscriberSpec("webhook", url=url, secret=secret, timeout=timeout))
+        spec.done()
+        out[name] = NotificationSpec(name, tuple(subs))
+    return out
+
+
+def _from_env(opts: Options, key: str) -> str | None:
+    """``key`` literally, or ``key_env`` naming an environment variable (unset: None)."""
+    literal = opts.optional_str(key)
+    variable = opts.optional_str(f"{key}_env")
+    if literal and variable:
+        opts.fail(f"{key}_env", f"give either {key} or {key}_env, not both")
+    if variable:
+        return os.environ.get(variable) or None
+    if literal is None and key == "url":
+        opts.fail(None, "a webhook needs url or url_env")
+    return literal
+
+
+def _single_key(
+    source: Source, path: tuple[str | int, ...], item: object, kinds: tuple[str, ...], what: str
+) -> tuple[str, object]:
+    if not isinstance(item, dict) or len(item) != 1:
+        source.fail(path, f"expected a {what} as a mapping with one key: one of {', '.join(kinds)}")
+    ((kind, body),) = item.items()
+    if kind not in kinds:
+        import difflib
+
+        hint = difflib.get_close_matches(kind, kinds, n=1)
+        extra = f"; did you mean {hint[0]!r}?" if hint else f" (expected one of {', '.join(kinds)})"
+        source.fail((*path, kind), f"unknown {what} {kind!r}{extra}")
+    return kind, body
+
+
+def _functions(opts: Options, root: Path) -> dict[str, FunctionSpec]:
+    out = {}
+    for name in opts.value:
+        _name(opts, name, "function")
+        spec = opts.section(name)
+        handler = spec.str("handler", required=True)
+        try:
+            load_handler(root, handler)
+        except RulebusError as exc:
+            spec.fail("handler", str(exc))
+        out[name] = FunctionSpec(
+            name,
+            handler,
+            timeout=spec.duration("timeout", 30.0),
+            concurrency=spec.int("concurrency", 16, minimum=1),
+        )
+        spec.done()
+    return out
+
+
+def _rules(opts: Options, declared: Declared, retry: RetrySpec) -> dict[str, RuleSpec]:
+    out = {}
+    for name in opts.value:
+        _name(opts, name, "rule")
+        spec = opts.section(name)
+        sql = spec.str("sql", required=True)
+        version = spec.str("sql_version", DEFAULT_SQL_VERSION)
+        if version not in SQL_VERSIONS:
+            spec.fail("sql_version", f"unknown SQL version {version!r}; expected one of "
+                      f"{', '.join(SQL_VERSIONS)}")
+        try:
+            compiled = compile_rule(sql, version)
+        except SqlError as exc:
+            line = spec.source.line((*spec.path, "sql"))
+            # A block scalar starts on the line after its key.
+            if line is not None and exc.line is not None and "\n" in sql:
+                line += exc.line
+            where = "" if exc.column is None else f" at column {exc.column}"
+            raise _template_error(spec, "sql", f"{exc.message}{where}", line) from None
+        raw_actions = spec.raw("actions")
+        if not isinstance(raw_actions, list) or not raw_actions:
+            spec.fail("actions", "expected a list of actions")
+        actions = tuple(
+            _action(spec, ("actions", i), item, declared) for i, item in enumerate(raw_actions)
+        )
+        error_action = None
+        if spec.has("error_action"):
+            error_action = _action(spec, ("error_action",), spec.raw("error_action"), declared)
+        enabled = spec.bool("enabled", True)
+        rule_retry = _retry(spec.section("retry"), retry) if spec.has("retry") else retry
+        spec.done()
+        out[name] = RuleSpec(name, sql, version, compiled, actions, error_action, enabled,
+                             rule_retry)
+    return out
+
+
+def _template_error(spec: Options, key: str, message: str, line: int | None) -> Exception:
+    from rulebus.errors import TemplateError
+    from rulebus.template.source import dotted
+
+    return TemplateError(message, file=spec.source.file, line=line, key=dotted((*spec.path, key)))
+
+
+def _action(spec: Options, rel: tuple[str | int, ...], item: object, declared: Declared):  # type: ignore[no-untyped-def]
+    path = (*spec.path, *rel)
+    kind, body = _single_key(spec.source, path, item, registry.kinds(), "action")
+    opts = Options(spec.source, (*path, kind), body)
+    action = registry.get(kind).from_options(opts, declared)
+    opts.done()
+    return action
+
+
+def _routes(opts: Options) -> tuple[RouteSpec, ...]:
+    routes = opts.raw("routes")
+    opts.done()
+    if routes is None:
+        return ()
+    if not isinstance(routes, list):
+        opts.fail("routes", "expected a list of routes")
+    out = []
+    seen: set[str] = set()
+    for i, item in enumerate(routes):
+        route = Options(opts.source, (*opts.path, "routes", i), item)
+        path = route.str("path", required=True)
+        batch = route.optional_str("batch_path")
+        for key, value in (("path", path), ("batch_path", batch)):
+            if value is None:
+                continue
+            if not _ROUTE.match(value):
+                route.fail(key, f"expected a path such as /event, got {value!r}")
+            if value.startswith(RESERVED_PATHS) or value in seen:
+                route.fail(key, f"path {value!r} is already taken")
+            seen.add(value)
+        method = route.str("method", "POST")
+        if method.upper() != "POST":
+            route.fail("method", "only POST routes publish events")
+        topic = route.str("topic", required=True)
+        levels = []
+        for level in topic.split("/"):
+            try:
+                levels.append(compile_template(level))
+            except SqlError as exc:
+                route.fail("topic", f"invalid template: {exc}")
+        required = route.str_list("required")
+        id_field = route.str("id_field", "id")
+        route.done()
+        out.append(RouteSpec(path, topic, tuple(levels), tuple(required), id_field, batch))
+    return tuple(out)

@@ -1,0 +1,88 @@
+"""What an app file declares, after validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rulebus.actions.base import Action
+    from rulebus.sql import Rule, Template
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    key: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SubscriberSpec:
+    """A webhook (``url`` set) or the log."""
+
+    kind: str
+    url: str | None = None
+    secret: str | None = None
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class NotificationSpec:
+    name: str
+    subscribers: tuple[SubscriberSpec, ...]
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    handler: str
+    timeout: float
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class RetrySpec:
+    """How often and how patiently a failed action is retried before it is dead-lettered."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 60.0
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    name: str
+    sql: str
+    sql_version: str
+    compiled: Rule
+    actions: tuple[Action, ...]
+    error_action: Action | None
+    enabled: bool
+    retry: RetrySpec
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """``POST path`` publishes the body to ``topic``, one template per topic level."""
+
+    path: str
+    topic: str
+    topic_levels: tuple[Template, ...]
+    required: tuple[str, ...]
+    id_field: str
+    batch_path: str | None
+
+
+@dataclass
+class App:
+    root: Path
+    file: str
+    name: str
+    tables: dict[str, TableSpec] = field(default_factory=dict)
+    buckets: tuple[str, ...] = ()
+    notifications: dict[str, NotificationSpec] = field(default_factory=dict)
+    functions: dict[str, FunctionSpec] = field(default_factory=dict)
+    rules: dict[str, RuleSpec] = field(default_factory=dict)
+    routes: tuple[RouteSpec, ...] = ()
+    retry: RetrySpec = field(default_factory=RetrySpec)

@@ -1,0 +1,114 @@
+"""Typed, strict reading of one mapping in the app file.
+
+Every getter names the key it reads, so a wrong value reports its own line;
+``done()`` rejects keys nobody asked for, with a "did you mean" hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, NoReturn
+
+from rulebus.template.source import Path_, Source
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+class Options:
+    """A mapping at ``path`` in ``source``, read key by key."""
+
+    def __init__(self, source: Source, path: Path_, value: Any, *, what: str = "a mapping") -> None:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            source.fail(path, f"expected {what}, got {_kind(value)}")
+        self.source = source
+        self.path = path
+        self.value: dict[str, Any] = value
+        self._seen: set[str] = set()
+
+    def fail(self, key: str | None, message: str) -> NoReturn:
+        self.source.fail(self.path if key is None else (*self.path, key), message)
+
+    def has(self, key: str) -> bool:
+        return key in self.value
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        self._seen.add(key)
+        return self.value.get(key, default)
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self.raw(key)
+        if value is None:
+            if required or default is None:
+                if required:
+                    self.fail(key, "required: expected a string")
+                return ""
+            return default
+        if not isinstance(value, str) or not value:
+            self.fail(key, f"expected a non-empty string, got {_kind(value)}")
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        return self.str(key) or None
+
+    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self.raw(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            self.fail(key, f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, f"expected true or false, got {value!r}")
+        return value
+
+    def duration(self, key: str, default: float) -> float:
+        """Seconds, as a number or a string such as ``500ms``, ``5s`` or ``2m``."""
+        value = self.raw(key, default)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        match = _DURATION.match(str(value)) if isinstance(value, str) else None
+        if match is None or float(match.group(1)) <= 0:
+            self.fail(key, f"expected a positive duration such as 5, 500ms, 5s or 2m, got {value!r}")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+
+    def str_list(self, key: str, *, required: bool = False) -> list[str]:
+        value = self.raw(key)
+        if value is None:
+            if required:
+                self.fail(key, "required: expected a list of strings")
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.fail(key, f"expected a list of strings, got {_kind(value)}")
+        return list(value)
+
+    def section(self, key: str, *, what: str = "a mapping") -> Options:
+        return Options(self.source, (*self.path, key), self.raw(key), what=what)
+
+    def done(self) -> None:
+        for key in self.value:
+            if key not in self._seen:
+                hint = difflib.get_close_matches(key, sorted(self._seen), n=1)
+                expected = ", ".join(sorted(self._seen)) or "none"
+                extra = f"; did you mean {hint[0]!r}?" if hint else f" (expected: {expected})"
+                self.fail(key, f"unknown key{extra}")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({value!r})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    return f"{type(value).__name__} ({value!r})"

@@ -1,0 +1,93 @@
+"""YAML that remembers where each value came from.
+
+The loader keeps a map from each value's path (``("rules", "r1", "sql")``) to
+its line, so every validation error can name the file, line and key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from rulebus.errors import TemplateError
+
+Path_ = tuple[str | int, ...]
+
+
+def dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += part if not out else f".{part}"
+    return out or "(top level)"
+
+
+@dataclass
+class Source:
+    """A parsed YAML file and the line of every value in it."""
+
+    file: str
+    data: Any
+    lines: dict[Path_, int] = field(default_factory=dict)
+
+    def line(self, path: Path_) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+    def fail(self, path: Path_, message: str) -> NoReturn:
+        raise TemplateError(message, file=self.file, line=self.line(path), key=dotted(path))
+
+
+def read_source(path: Path) -> Source:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TemplateError("file not found", file=file, line=None, key="(file)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"cannot read: {exc}", file=file, line=None, key="(file)") from None
+    loader = yaml.SafeLoader(text)
+    source = Source(file, None)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            source.data = _build(loader, node, (), source)
+        else:
+            source.data = {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = None if mark is None else mark.line + 1
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise TemplateError(f"invalid YAML: {problem}", file=file, line=line, key="(yaml)") from None
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"invalid YAML: {exc}", file=file, line=None, key="(yaml)") from None
+    finally:
+        loader.dispose()
+    return source
+
+
+def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, source: Source) -> Any:
+    source.lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                source.lines[path] = key_node.start_mark.line + 1
+                source.fail(path, "keys must be plain strings")
+            key = str(loader.construct_object(key_node))
+            if key in out:
+                source.lines[(*path, key)] = key_node.start_mark.line + 1
+                source.fail((*path, key), "duplicate key")
+            out[key] = _build(loader, value_node, (*path, key), source)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(loader, item, (*path, i), source) for i, item in enumerate(node.value)]
+    return loader.construct_object(node)
