@@ -99,10 +99,10 @@ async def closed_loop(url: str, body: bytes, connections: int, duration: float) 
 
 
 async def send_batches(
-    url: str, n: int, seed: int, batch_size: int, concurrency: int
+    url: str, n: int, seed: int, batch_size: int, concurrency: int, event_type: str | None
 ) -> dict[str, Any]:
     host, port, path = _split(url)
-    batches = encode_batches(n, seed, batch_size)
+    batches = encode_batches(n, seed, batch_size, event_type)
     sizes = [min(batch_size, n - i * batch_size) for i in range(len(batches))]
     queue = list(zip(batches, sizes, strict=True))
     queue.reverse()
