@@ -39,7 +39,7 @@ class TableTail(threading.Thread):
         self.seen: dict[str, float] = {}
         self.polls = 0
         self.error: str | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         try:
@@ -49,13 +49,13 @@ class TableTail(threading.Thread):
 
     def _tail(self) -> None:
         while not self.path.exists():
-            if self._stop.wait(self.period):
+            if self._halt.wait(self.period):
                 return
         conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
         quoted = '"' + self.table.replace('"', '""') + '"'
         last = 0
         try:
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 try:
                     rows = conn.execute(
                         f'SELECT rowid, "id" FROM {quoted} WHERE rowid > ? ORDER BY rowid', (last,)
@@ -69,12 +69,12 @@ class TableTail(threading.Thread):
                 for rowid, event_id in rows:
                     self.seen.setdefault(str(event_id), now)
                     last = rowid
-                self._stop.wait(self.period)
+                self._halt.wait(self.period)
         finally:
             conn.close()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
