@@ -1,4 +1,4 @@
-"""User functions: ``handler(event, ctx)``, sync or async, with a timeout and a concurrency limit."""
+"""User functions: ``handler(event, ctx)``, sync or async, with a timeout and a concurrency cap."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def secret_bytes(secret: str) -> bytes:
     """A ``whsec_<base64>`` secret is decoded; any other string is used as UTF-8."""
     if secret.startswith(SECRET_PREFIX):
         try:
-            return base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+            return base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
         except ValueError:
             pass
     return secret.encode()

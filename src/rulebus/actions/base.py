@@ -88,7 +88,7 @@ class Action(ABC):
 
 def template_option(opts: Options, key: str, *, required: bool = True) -> Template | None:
     """Read a ``${}`` substitution template, reporting a bad one at its key."""
-    text = opts.str(key, required=required)
+    text = opts.text(key, required=required)
     if not text:
         return None
     try:
@@ -105,7 +105,7 @@ def render(template: Template, delivery: Delivery, what: str) -> str:
 
 
 def reference(opts: Options, key: str, known: frozenset[str] | dict[str, Any], what: str) -> str:
-    name = opts.str(key, required=True)
+    name = opts.text(key, required=True)
     if name not in known:
         names = ", ".join(sorted(known)) or "none declared"
         opts.fail(key, f"unknown {what} {name!r} (declared: {names})")

@@ -9,8 +9,12 @@ from rulebus.actions.base import Action, Declared, Delivery, Services
 from rulebus.actions.registry import register
 from rulebus.template.options import Options
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 @register
@@ -25,7 +29,7 @@ class LogAction(Action):
 
     @classmethod
     def from_options(cls, opts: Options, declared: Declared) -> Action:
-        name = opts.str("level", "info")
+        name = opts.text("level", "info")
         if name not in _LEVELS:
             opts.fail("level", f"expected one of {', '.join(_LEVELS)}, got {name!r}")
         return cls(_LEVELS[name])

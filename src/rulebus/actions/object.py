@@ -49,4 +49,3 @@ class ObjectAction(Action):
         except BadInput as exc:
             raise ActionError(exc.message, retryable=False) from None
         await services.objects.put(self.bucket, key, codec.dumps(delivery.output))
-

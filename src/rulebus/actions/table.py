@@ -34,7 +34,7 @@ class TableAction(Action):
         for field in key_opts.value:
             if field not in declared.tables[table]:
                 key_opts.fail(field, f"{field!r} is not a key field of table {table!r}")
-            text = key_opts.str(field, required=True)
+            text = key_opts.text(field, required=True)
             try:
                 keys[field] = compile_template(text)
             except Exception as exc:

@@ -71,8 +71,10 @@ def build_api(runtime: Runtime) -> Starlette:
             event = route_event(route, body, client_id(request), now_ms())
             (appended,) = await bus.append([event])
             status = 200 if appended.duplicate else 202
-            return JSON({"id": event.id, "topic": event.topic, "duplicate": appended.duplicate},
-                        status_code=status)
+            return JSON(
+                {"id": event.id, "topic": event.topic, "duplicate": appended.duplicate},
+                status_code=status,
+            )
 
         return endpoint
 

@@ -50,13 +50,15 @@ def decode_batch(body: bytes, content_type: str) -> list[Any]:
     else:
         items = decode(body)
         if not isinstance(items, list):
-            raise BadInput("expected a JSON array of events (or NDJSON with content-type "
-                           "application/x-ndjson)")
+            raise BadInput(
+                "expected a JSON array of events (or NDJSON with content-type application/x-ndjson)"
+            )
     if not items:
         raise BadInput("empty batch")
     if len(items) > MAX_BATCH_ITEMS:
-        raise BadInput(f"batch of {len(items)} events; at most {MAX_BATCH_ITEMS} per request",
-                       status=413)
+        raise BadInput(
+            f"batch of {len(items)} events; at most {MAX_BATCH_ITEMS} per request", status=413
+        )
     return items
 
 

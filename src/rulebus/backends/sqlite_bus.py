@@ -9,6 +9,7 @@ retries moves to ``dead_letters``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -74,8 +75,12 @@ def _row_event(row: tuple[Any, ...]) -> Event:
 def _failures_json(failures: Sequence[Failure]) -> bytes:
     return codec.dumps(
         [
-            {"action": f.action, "resource": f.resource, "message": f.message,
-             "retryable": f.retryable}
+            {
+                "action": f.action,
+                "resource": f.resource,
+                "message": f.message,
+                "retryable": f.retryable,
+            }
             for f in failures
         ]
     )
@@ -116,8 +121,7 @@ class SqliteBus:
 
     async def append(self, events: Sequence[Event]) -> list[Appended]:
         rows = [
-            (e.id, e.topic, e.ts, codec.dumps(e.payload), e.client_id, e.principal)
-            for e in events
+            (e.id, e.topic, e.ts, codec.dumps(e.payload), e.client_id, e.principal) for e in events
         ]
 
         def work(conn: sqlite3.Connection) -> list[Appended]:
@@ -131,7 +135,9 @@ class SqliteBus:
                 if cur.rowcount:
                     out.append(Appended(row[0], cur.lastrowid or 0))
                 else:
-                    (seq,) = conn.execute("SELECT seq FROM events WHERE id = ?", (row[0],)).fetchone()
+                    (seq,) = conn.execute(
+                        "SELECT seq FROM events WHERE id = ?", (row[0],)
+                    ).fetchone()
                     out.append(Appended(row[0], seq, duplicate=True))
             return out
 
@@ -177,10 +183,8 @@ class SqliteBus:
         self._appended.clear()
         # Other processes (``rulebus publish``) append too: the timeout makes
         # the dispatcher look at the log even when nothing here woke it.
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._appended.wait(), timeout)
-        except TimeoutError:
-            pass
 
     async def get(self, seq: int) -> Event | None:
         row = self._db.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
@@ -218,8 +222,14 @@ class SqliteBus:
 
     async def commit_dispatch(self, seq: int, retries: Sequence[Retry]) -> None:
         rows = [
-            (r.seq, r.rule, r.attempts, r.due_at, codec.dumps(r.actions),
-             _failures_json(r.failures))
+            (
+                r.seq,
+                r.rule,
+                r.attempts,
+                r.due_at,
+                codec.dumps(r.actions),
+                _failures_json(r.failures),
+            )
             for r in retries
         ]
 
@@ -249,8 +259,14 @@ class SqliteBus:
         return None if due is None else float(due)
 
     async def update_retry(self, retry: Retry) -> None:
-        row = (retry.attempts, retry.due_at, codec.dumps(retry.actions),
-               _failures_json(retry.failures), retry.seq, retry.rule)
+        row = (
+            retry.attempts,
+            retry.due_at,
+            codec.dumps(retry.actions),
+            _failures_json(retry.failures),
+            retry.seq,
+            retry.rule,
+        )
         await self._writer.submit(
             lambda conn: conn.execute(
                 "UPDATE retries SET attempts = ?, due_at = ?, actions = ?, failures = ?"
@@ -261,18 +277,14 @@ class SqliteBus:
 
     async def delete_retry(self, seq: int, rule: str) -> None:
         await self._writer.submit(
-            lambda conn: conn.execute(
-                "DELETE FROM retries WHERE seq = ? AND rule = ?", (seq, rule)
-            )
+            lambda conn: conn.execute("DELETE FROM retries WHERE seq = ? AND rule = ?", (seq, rule))
         )
 
     async def dead_letter(self, retry: Retry) -> None:
         failures = codec.dumps([f.as_dict() for f in retry.failures])
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "DELETE FROM retries WHERE seq = ? AND rule = ?", (retry.seq, retry.rule)
-            )
+            conn.execute("DELETE FROM retries WHERE seq = ? AND rule = ?", (retry.seq, retry.rule))
             conn.execute(
                 "INSERT INTO dead_letters (seq, rule, attempts, failed_at, failures)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -289,8 +301,13 @@ class SqliteBus:
         ).fetchall()
         return [
             DeadLetter(
-                id=row[0], seq=row[5], rule=row[1], event=_row_event(row[5:]),
-                attempts=row[2], failed_at=row[3], failures=codec.loads(row[4]),
+                id=row[0],
+                seq=row[5],
+                rule=row[1],
+                event=_row_event(row[5:]),
+                attempts=row[2],
+                failed_at=row[3],
+                failures=codec.loads(row[4]),
             )
             for row in rows
         ]

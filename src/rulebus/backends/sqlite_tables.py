@@ -84,7 +84,10 @@ class SqliteTableStore:
             return
         cols = ", ".join(f"{_quote(k)} NOT NULL" for k in key)
         pk = ", ".join(_quote(k) for k in key)
-        sql = f"CREATE TABLE IF NOT EXISTS {_quote(name)} ({cols}, item BLOB NOT NULL, PRIMARY KEY ({pk}))"
+        sql = (
+            f"CREATE TABLE IF NOT EXISTS {_quote(name)}"
+            f" ({cols}, item BLOB NOT NULL, PRIMARY KEY ({pk}))"
+        )
         await self._writer.submit(lambda conn: conn.execute(sql))
         self._register(name, key)
 

@@ -113,16 +113,21 @@ def dlq_ls(data_dir: Path) -> None:
 
     async def work(bus: Any, tables: Any, objects: Any) -> None:
         for letter in await bus.dead_letters():
-            sys.stdout.write(codec.dumps_str({
-                "id": letter.id,
-                "rule": letter.rule,
-                "event_id": letter.event.id,
-                "topic": letter.event.topic,
-                "attempts": letter.attempts,
-                "failed_at": letter.failed_at,
-                "failures": letter.failures,
-                "payload": letter.event.payload,
-            }) + "\n")
+            sys.stdout.write(
+                codec.dumps_str(
+                    {
+                        "id": letter.id,
+                        "rule": letter.rule,
+                        "event_id": letter.event.id,
+                        "topic": letter.event.topic,
+                        "attempts": letter.attempts,
+                        "failed_at": letter.failed_at,
+                        "failures": letter.failures,
+                        "payload": letter.event.payload,
+                    }
+                )
+                + "\n"
+            )
 
     _with_stores(data_dir, work)
 

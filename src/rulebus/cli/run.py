@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -50,8 +52,12 @@ def _subscribers(app: App) -> list[str]:
 @data_dir_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int, help="0 picks a free port.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def up(app_dir: Path, data_dir: Path, host: str, port: int, log_level: str) -> None:
     """Run an app: HTTP API, engine and functions in one process."""
     logging.basicConfig(
@@ -67,6 +73,19 @@ def up(app_dir: Path, data_dir: Path, host: str, port: int, log_level: str) -> N
     uvloop.run(_serve(app, data_dir, sock))
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, minus its signal handling.
+
+    uvicorn re-raises the signal once it has stopped, which would end the
+    process before the engine records the batch in hand; our handlers only
+    ask the server to stop, and the engine stops after it.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def _serve(app: App, data_dir: Path, sock: socket.socket) -> None:
     runtime = Runtime(app, data_dir)
     await runtime.start()
@@ -78,20 +97,18 @@ async def _serve(app: App, data_dir: Path, sock: socket.socket) -> None:
         access_log=False,
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(config)
-    # uvicorn's own handlers would exit the process; ours stop the server and
-    # then the engine, which finishes and records the batch in hand.
+    server = _Server(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     host, port = sock.getsockname()[:2]
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.01)
     if server.started:
-        click.echo(f"rulebus: app {app.name} listening on http://{host}:{port} "
-                   f"(data in {data_dir})")
+        click.echo(
+            f"rulebus: app {app.name} listening on http://{host}:{port} (data in {data_dir})"
+        )
     try:
         await serving
     finally:

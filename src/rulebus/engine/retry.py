@@ -13,5 +13,5 @@ def backoff(spec: RetrySpec, attempts: int) -> float:
     Exponential with "equal jitter": half the delay is fixed, half random, so
     retries of many failed deliveries spread out instead of arriving together.
     """
-    delay = min(spec.max_delay, spec.base_delay * 2 ** max(attempts - 1, 0))
+    delay: float = min(spec.max_delay, spec.base_delay * 2.0 ** max(attempts - 1, 0))
     return delay / 2 + random.uniform(0, delay / 2)

@@ -130,7 +130,11 @@ class Engine:
         self.dispatched = events[-1].seq
 
     def _retry(
-        self, seq: int, rule: RuleSpec, attempts: int, failed: list[tuple[int, Failure]],
+        self,
+        seq: int,
+        rule: RuleSpec,
+        attempts: int,
+        failed: list[tuple[int, Failure]],
         now: float,
     ) -> Retry:
         return Retry(
@@ -228,8 +232,12 @@ class Engine:
                 retry.failures.append(
                     Failure(f"error_action:{f.action}", f.resource, f.message, f.retryable)
                 )
-        log.warning("dead-lettered event %d for rule %s: %s", retry.seq, retry.rule,
-                    "; ".join(f.message for f in retry.failures))
+        log.warning(
+            "dead-lettered event %d for rule %s: %s",
+            retry.seq,
+            retry.rule,
+            "; ".join(f.message for f in retry.failures),
+        )
         await self.bus.dead_letter(retry)
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
 
 from rulebus.actions import registry
-from rulebus.actions.base import Declared
+from rulebus.actions.base import Action, Declared
 from rulebus.backends.fs_objects import validate_bucket
-from rulebus.errors import BadInput, RulebusError, SqlError
+from rulebus.errors import BadInput, RulebusError, SqlError, TemplateError
 from rulebus.functions import load_handler
 from rulebus.sql import DEFAULT_SQL_VERSION, SQL_VERSIONS, compile_rule, compile_template
 from rulebus.template.model import (
@@ -23,7 +24,7 @@ from rulebus.template.model import (
     TableSpec,
 )
 from rulebus.template.options import Options
-from rulebus.template.source import Source, read_source
+from rulebus.template.source import Source, dotted, read_source
 
 APP_FILE = "rulebus.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -38,7 +39,7 @@ def load_app(path: Path | str) -> App:
     file = path / APP_FILE if path.is_dir() else path
     source = read_source(file)
     top = Options(source, (), source.data, what="a mapping at the top level")
-    app = App(root=file.parent.resolve(), file=str(file), name=top.str("name", file.parent.name))
+    app = App(root=file.parent.resolve(), file=str(file), name=top.text("name", file.parent.name))
     app.retry = _retry(top.section("retry"), RetrySpec())
     app.tables = _tables(top.section("tables"))
     app.buckets = _buckets(top)
@@ -63,7 +64,7 @@ def _name(opts: Options, key: str, what: str) -> None:
 
 def _retry(opts: Options, default: RetrySpec) -> RetrySpec:
     spec = RetrySpec(
-        attempts=opts.int("attempts", default.attempts, minimum=1),
+        attempts=opts.integer("attempts", default.attempts, minimum=1),
         base_delay=opts.duration("backoff", default.base_delay),
         max_delay=opts.duration("max_backoff", default.max_delay),
     )
@@ -75,7 +76,9 @@ def _tables(opts: Options) -> dict[str, TableSpec]:
     tables = {}
     for name in opts.value:
         if not _FIELD.match(name.replace("-", "_")):
-            opts.fail(name, "invalid table name: start with a letter; use letters, digits, '_', '-'")
+            opts.fail(
+                name, "invalid table name: start with a letter; use letters, digits, '_', '-'"
+            )
         table = opts.section(name)
         key = table.str_list("key", required=True)
         for i, field in enumerate(key):
@@ -159,8 +162,6 @@ def _single_key(
         source.fail(path, f"expected a {what} as a mapping with one key: one of {', '.join(kinds)}")
     ((kind, body),) = item.items()
     if kind not in kinds:
-        import difflib
-
         hint = difflib.get_close_matches(kind, kinds, n=1)
         extra = f"; did you mean {hint[0]!r}?" if hint else f" (expected one of {', '.join(kinds)})"
         source.fail((*path, kind), f"unknown {what} {kind!r}{extra}")
@@ -172,7 +173,7 @@ def _functions(opts: Options, root: Path) -> dict[str, FunctionSpec]:
     for name in opts.value:
         _name(opts, name, "function")
         spec = opts.section(name)
-        handler = spec.str("handler", required=True)
+        handler = spec.text("handler", required=True)
         try:
             load_handler(root, handler)
         except RulebusError as exc:
@@ -181,7 +182,7 @@ def _functions(opts: Options, root: Path) -> dict[str, FunctionSpec]:
             name,
             handler,
             timeout=spec.duration("timeout", 30.0),
-            concurrency=spec.int("concurrency", 16, minimum=1),
+            concurrency=spec.integer("concurrency", 16, minimum=1),
         )
         spec.done()
     return out
@@ -192,11 +193,13 @@ def _rules(opts: Options, declared: Declared, retry: RetrySpec) -> dict[str, Rul
     for name in opts.value:
         _name(opts, name, "rule")
         spec = opts.section(name)
-        sql = spec.str("sql", required=True)
-        version = spec.str("sql_version", DEFAULT_SQL_VERSION)
+        sql = spec.text("sql", required=True)
+        version = spec.text("sql_version", DEFAULT_SQL_VERSION)
         if version not in SQL_VERSIONS:
-            spec.fail("sql_version", f"unknown SQL version {version!r}; expected one of "
-                      f"{', '.join(SQL_VERSIONS)}")
+            spec.fail(
+                "sql_version",
+                f"unknown SQL version {version!r}; expected one of {', '.join(SQL_VERSIONS)}",
+            )
         try:
             compiled = compile_rule(sql, version)
         except SqlError as exc:
@@ -215,22 +218,22 @@ def _rules(opts: Options, declared: Declared, retry: RetrySpec) -> dict[str, Rul
         error_action = None
         if spec.has("error_action"):
             error_action = _action(spec, ("error_action",), spec.raw("error_action"), declared)
-        enabled = spec.bool("enabled", True)
+        enabled = spec.flag("enabled", True)
         rule_retry = _retry(spec.section("retry"), retry) if spec.has("retry") else retry
         spec.done()
-        out[name] = RuleSpec(name, sql, version, compiled, actions, error_action, enabled,
-                             rule_retry)
+        out[name] = RuleSpec(
+            name, sql, version, compiled, actions, error_action, enabled, rule_retry
+        )
     return out
 
 
-def _template_error(spec: Options, key: str, message: str, line: int | None) -> Exception:
-    from rulebus.errors import TemplateError
-    from rulebus.template.source import dotted
-
+def _template_error(spec: Options, key: str, message: str, line: int | None) -> TemplateError:
     return TemplateError(message, file=spec.source.file, line=line, key=dotted((*spec.path, key)))
 
 
-def _action(spec: Options, rel: tuple[str | int, ...], item: object, declared: Declared):  # type: ignore[no-untyped-def]
+def _action(
+    spec: Options, rel: tuple[str | int, ...], item: object, declared: Declared
+) -> Action:
     path = (*spec.path, *rel)
     kind, body = _single_key(spec.source, path, item, registry.kinds(), "action")
     opts = Options(spec.source, (*path, kind), body)
@@ -250,7 +253,7 @@ def _routes(opts: Options) -> tuple[RouteSpec, ...]:
     seen: set[str] = set()
     for i, item in enumerate(routes):
         route = Options(opts.source, (*opts.path, "routes", i), item)
-        path = route.str("path", required=True)
+        path = route.text("path", required=True)
         batch = route.optional_str("batch_path")
         for key, value in (("path", path), ("batch_path", batch)):
             if value is None:
@@ -260,10 +263,10 @@ def _routes(opts: Options) -> tuple[RouteSpec, ...]:
             if value.startswith(RESERVED_PATHS) or value in seen:
                 route.fail(key, f"path {value!r} is already taken")
             seen.add(value)
-        method = route.str("method", "POST")
+        method = route.text("method", "POST")
         if method.upper() != "POST":
             route.fail("method", "only POST routes publish events")
-        topic = route.str("topic", required=True)
+        topic = route.text("topic", required=True)
         levels = []
         for level in topic.split("/"):
             try:
@@ -271,7 +274,7 @@ def _routes(opts: Options) -> tuple[RouteSpec, ...]:
             except SqlError as exc:
                 route.fail("topic", f"invalid template: {exc}")
         required = route.str_list("required")
-        id_field = route.str("id_field", "id")
+        id_field = route.text("id_field", "id")
         route.done()
         out.append(RouteSpec(path, topic, tuple(levels), tuple(required), id_field, batch))
     return tuple(out)

@@ -39,7 +39,7 @@ class Options:
         self._seen.add(key)
         return self.value.get(key, default)
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str:
         value = self.raw(key)
         if value is None:
             if required or default is None:
@@ -52,15 +52,15 @@ class Options:
         return value
 
     def optional_str(self, key: str) -> str | None:
-        return self.str(key) or None
+        return self.text(key) or None
 
-    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
         value = self.raw(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             self.fail(key, f"expected an integer >= {minimum}, got {value!r}")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
             self.fail(key, f"expected true or false, got {value!r}")
@@ -73,7 +73,9 @@ class Options:
             return float(value)
         match = _DURATION.match(str(value)) if isinstance(value, str) else None
         if match is None or float(match.group(1)) <= 0:
-            self.fail(key, f"expected a positive duration such as 5, 500ms, 5s or 2m, got {value!r}")
+            self.fail(
+                key, f"expected a positive duration such as 5, 500ms, 5s or 2m, got {value!r}"
+            )
         return float(match.group(1)) * _UNITS[match.group(2)]
 
     def str_list(self, key: str, *, required: bool = False) -> list[str]:

@@ -66,7 +66,9 @@ def read_source(path: Path) -> Source:
         mark = exc.problem_mark or exc.context_mark
         line = None if mark is None else mark.line + 1
         problem = exc.problem or exc.context or "invalid YAML"
-        raise TemplateError(f"invalid YAML: {problem}", file=file, line=line, key="(yaml)") from None
+        raise TemplateError(
+            f"invalid YAML: {problem}", file=file, line=line, key="(yaml)"
+        ) from None
     except yaml.YAMLError as exc:
         raise TemplateError(f"invalid YAML: {exc}", file=file, line=None, key="(yaml)") from None
     finally:

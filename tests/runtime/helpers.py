@@ -1,0 +1,212 @@
+"""Real processes for runtime tests: the rulebus server, the CLI and a webhook receiver."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+EXCHANGE = ROOT / "examples" / "exchange"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(
+    *args: str, data_dir: Path | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``rulebus`` command in a child process."""
+    cmd = [sys.executable, "-m", "rulebus", *args]
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def scan(table: str, data_dir: Path) -> list[dict[str, Any]]:
+    out = cli("table", "scan", table, data_dir=data_dir, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Server:
+    """``rulebus up`` in its own process, on a free port."""
+
+    def __init__(self, app: Path, data_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.app = app
+        self.data_dir = data_dir
+        self.env = {**os.environ, **(env or {})}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+
+    def start(self) -> Server:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "rulebus",
+                "up",
+                str(self.app),
+                "--data-dir",
+                str(self.data_dir),
+                "--port",
+                str(self.port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 30
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if "listening on" in line:
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            raise AssertionError("server exited before listening:\n" + "".join(self.output))
+        threading.Thread(target=self._drain, daemon=True).start()
+        return self
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def post(
+        self,
+        path: str,
+        body: Any = None,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        if content is None:
+            content = json.dumps(body).encode()
+        return httpx.post(self.url + path, content=content, headers=headers, timeout=30)
+
+    def get(self, path: str) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30)
+
+    def stats(self) -> dict[str, Any]:
+        return self.get("/admin/stats").json()  # type: ignore[no-any-return]
+
+    def idle(self) -> bool:
+        """Every event dispatched and no delivery waiting for a retry."""
+        s = self.stats()
+        return bool(s["dispatched"] >= s["head"] and s["retrying"] == 0)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server that records webhook deliveries.
+
+    ``fail_first`` answers 503 that many times before succeeding;
+    ``status`` answers that status forever when set.
+    """
+
+    fail_first: int = 0
+    status: int | None = None
+    received: list[Received] = field(default_factory=list)
+    attempts: int = 0
+
+    def __post_init__(self) -> None:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with lock:
+                    receiver.attempts += 1
+                    if receiver.status is not None:
+                        code = receiver.status
+                    elif receiver.fail_first > 0:
+                        receiver.fail_first -= 1
+                        code = 503
+                    else:
+                        receiver.received.append(Received(dict(self.headers.items()), body))
+                        code = 204
+                self.send_response(code)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Standard Webhooks verification, written from the spec, independent of rulebus."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    lower = {k.lower(): v for k, v in headers.items()}
+    signed = f"{lower['webhook-id']}.{lower['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return any(sig == f"v1,{expected}" for sig in lower["webhook-signature"].split())

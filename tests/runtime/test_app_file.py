@@ -1,0 +1,93 @@
+"""``rulebus check`` validates an app file and points to the file, line and key of each error."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from tests.runtime.helpers import EXCHANGE, cli
+
+GOOD = """\
+tables:
+  events:
+    key: [id]
+rules:
+  archive:
+    sql: SELECT * FROM 'event/+'
+    actions:
+      - table: {name: events}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "rulebus.yaml").write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+def test_the_exchange_example_checks_clean() -> None:
+    """The shipped example is valid and its summary lists what it declares."""
+    result = cli("check", str(EXCHANGE))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+    assert "rule check-buys: event/buy -> function" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "message"),
+    [
+        (GOOD + "extra: 1\n", 9, "extra", "unknown key"),
+        (GOOD.replace("key: [id]", "keys: [id]"), 3, "tables.events.keys", "did you mean 'key'"),
+        (GOOD.replace("SELECT *", "SELEKT *"), 5, "rules.archive.sql", ""),
+        (
+            GOOD.replace("name: events", "name: evnts"),
+            7,
+            "rules.archive.actions[0].table.name",
+            "unknown table 'evnts'",
+        ),
+        (
+            GOOD.replace("- table:", "- tabel:"),
+            7,
+            "rules.archive.actions[0].tabel",
+            "did you mean 'table'",
+        ),
+        (
+            GOOD.replace("sql: SELECT", "sql_version: 1999-01-01\n    sql: SELECT"),
+            5,
+            "rules.archive.sql_version",
+            "unknown SQL version",
+        ),
+        (
+            GOOD + "functions:\n  f:\n    handler: nosuchmodule:run\n",
+            11,
+            "functions.f.handler",
+            "cannot import module 'nosuchmodule'",
+        ),
+        (GOOD + "retry:\n  backoff: soon\n", 10, "retry.backoff", "expected a positive duration"),
+        (GOOD + "buckets: [Bad_Bucket]\n", 9, "buckets[0]", "invalid bucket name"),
+        (GOOD + "rules2: {}\n", 9, "rules2", "did you mean 'rules'"),
+        (
+            GOOD.replace("actions:\n      - table: {name: events}", "actions: []"),
+            6,
+            "rules.archive.actions",
+            "expected a list of actions",
+        ),
+        ("tables: [\n", 2, "(yaml)", "invalid YAML"),
+    ],
+)
+def test_errors_name_file_line_and_key(
+    tmp_path: Path, text: str, line: int, key: str, message: str
+) -> None:
+    """Each error is one line: file:line: key: what is wrong, with exit code 2."""
+    app = write(tmp_path, text)
+    result = cli("check", str(app))
+    assert result.returncode == 2
+    err = result.stderr.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith(f"error: {app / 'rulebus.yaml'}:{line}: {key}: "), err
+    assert message in err
+
+
+def test_a_missing_app_file_is_one_line(tmp_path: Path) -> None:
+    """Pointing at a folder without rulebus.yaml says so."""
+    result = cli("check", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path / 'rulebus.yaml'}: (file): file not found"

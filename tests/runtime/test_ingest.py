@@ -1,0 +1,80 @@
+"""Bad input over HTTP gets a 4xx that says what was wrong, and never hurts the process."""
+
+import pytest
+from tests.runtime.helpers import Server, scan, wait_until
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "invalid JSON"),
+        (b"", 400, "empty body"),
+        (b"[1, 2]", 400, "expected a JSON object, got an array"),
+        (b'"buy"', 400, "expected a JSON object, got a string"),
+        (b'{"price": 1}', 400, "missing required field 'type'"),
+        (b'{"type": null}', 400, "missing required field 'type'"),
+        (b'{"type": "a/b"}', 400, "invalid topic level 'a/b'"),
+        (b'{"type": "+"}', 400, "invalid topic level '+'"),
+        (b'{"type": "#"}', 400, "invalid topic level '#'"),
+        (b'{"type": ""}', 400, "invalid topic level ''"),
+        (b'{"type": "$SYS"}', 400, "invalid topic level '$SYS'"),
+        (b'{"type": "buy\\u0000"}', 400, "invalid topic level"),
+        (b'{"type": "buy", "id": "../../etc/passwd"}', 400, "invalid id"),
+        (b'{"type": "buy", "id": 42}', 400, "invalid id"),
+        (b'{"type": "buy", "id": "a/b"}', 400, "invalid id"),
+    ],
+)
+def test_bad_event_bodies_are_rejected_with_a_message(
+    exchange: Server, body: bytes, status: int, message: str
+) -> None:
+    """Each class of bad body gets its status and a message naming the problem."""
+    response = exchange.post("/event", content=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_a_body_over_128_kib_is_413(exchange: Server) -> None:
+    """Bodies over the limit are refused before they are read in full."""
+    body = b'{"type": "buy", "pad": "' + b"x" * (128 * 1024) + b'"}'
+    response = exchange.post("/event", content=body)
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]
+
+
+def test_a_deeply_nested_body_is_rejected_and_the_server_keeps_serving(exchange: Server) -> None:
+    """A body nested 50,000 levels deep is a 400, and the next request still works."""
+    body = b'{"type": "buy", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    response = exchange.post("/event", content=body)
+    assert response.status_code == 400
+    assert "invalid JSON" in response.json()["error"]
+    assert exchange.post("/event", {"type": "buy"}).status_code == 202
+
+
+@pytest.mark.parametrize("topic", ["a/+/b", "a/#", "$aws/things", "a/b/c/d/e/f/g/h/i"])
+def test_generic_publish_refuses_invalid_topic_names(exchange: Server, topic: str) -> None:
+    """Wildcards, reserved '$' topics and more than 8 levels are not publishable."""
+    response = exchange.post(f"/topics/{topic}", {"x": 1})
+    assert response.status_code == 400
+    assert response.json()["error"]
+
+
+def test_unknown_paths_and_methods_are_json_errors(exchange: Server) -> None:
+    """Routing errors keep the API's JSON error shape."""
+    assert exchange.get("/nope").status_code == 404
+    assert exchange.get("/nope").json() == {"error": "Not Found"}
+    assert exchange.get("/event").status_code == 405
+
+
+def test_a_batch_over_the_item_limit_is_413(exchange: Server) -> None:
+    """Batches say how many events they may carry."""
+    response = exchange.post("/events", [{"type": "sell"}] * 1001)
+    assert response.status_code == 413
+    assert "at most 1000" in response.json()["error"]
+
+
+def test_nothing_from_rejected_requests_reaches_the_table(exchange: Server) -> None:
+    """Only accepted events are stored."""
+    exchange.post("/event", content=b'{"type": "a/b"}')
+    exchange.post("/event", {"type": "sell", "id": "ok-1"})
+    wait_until(exchange.idle, what="pipeline")
+    assert [row["id"] for row in scan("events", exchange.data_dir)] == ["ok-1"]
