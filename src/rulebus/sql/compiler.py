@@ -109,6 +109,10 @@ def _path_getter(path: tuple[Step, ...]) -> Fn:
     return walk
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 def _index_value(container: Any, index: Any) -> Any:
     if type(container) is list:
         if type(index) is float and index.is_integer():
@@ -398,31 +402,29 @@ class Compiler:
         return f"unknown function '{name}'{hint}"
 
     def _call_closure(self, impl: Callable[..., Any], args: tuple[Fn, ...], context: bool) -> Fn:
-        finish = whole_to_int if self.version != V2015 else None
-        call: Fn
+        # One closure per arity, with the 2016-03-23 whole-number rule folded in, so
+        # that a call costs one Python frame plus the function itself.
+        finish = whole_to_int if self.version != V2015 else _identity
         if context:
-
-            def with_context(doc: Any, ctx: Any, variables: Any) -> Any:
-                return impl(ctx, *(a(doc, ctx, variables) for a in args))
-
-            call = with_context
-        elif len(args) == 0:
-            call = lambda doc, ctx, variables: impl()  # noqa: E731
-        elif len(args) == 1:
+            return lambda doc, ctx, variables: finish(
+                impl(ctx, *[a(doc, ctx, variables) for a in args])
+            )
+        if len(args) == 0:
+            return lambda doc, ctx, variables: finish(impl())
+        if len(args) == 1:
             (a0,) = args
-            call = lambda doc, ctx, variables: impl(a0(doc, ctx, variables))  # noqa: E731
-        elif len(args) == 2:
+            return lambda doc, ctx, variables: finish(impl(a0(doc, ctx, variables)))
+        if len(args) == 2:
             a0, a1 = args
-            call = lambda doc, ctx, variables: impl(  # noqa: E731
-                a0(doc, ctx, variables), a1(doc, ctx, variables)
+            return lambda doc, ctx, variables: finish(
+                impl(a0(doc, ctx, variables), a1(doc, ctx, variables))
             )
-        else:
-            call = lambda doc, ctx, variables: impl(  # noqa: E731
-                *(a(doc, ctx, variables) for a in args)
+        if len(args) == 3:
+            a0, a1, a2 = args
+            return lambda doc, ctx, variables: finish(
+                impl(a0(doc, ctx, variables), a1(doc, ctx, variables), a2(doc, ctx, variables))
             )
-        if finish is None:
-            return call
-        return lambda doc, ctx, variables: whole_to_int(call(doc, ctx, variables))
+        return lambda doc, ctx, variables: finish(impl(*[a(doc, ctx, variables) for a in args]))
 
     def _subquery(self, node: ast.Subquery) -> Code:
         self._require_v2016("nested object queries", node.pos)

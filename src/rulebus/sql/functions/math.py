@@ -60,11 +60,12 @@ def _rounding(function: Callable[[float], int]) -> Callable[[Any], Any]:
 
 
 def _round_half_away(number: float) -> int:
-    # AWS's examples: round(1.5) = 2 and round(-1.5) = -2.
-    rounded = decimal.Decimal(repr(number)).quantize(
-        decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP
-    )
-    return int(rounded)
+    # AWS's examples: round(1.5) = 2 and round(-1.5) = -2. `size - whole` is exact
+    # for floats, so no value just below .5 is pushed over.
+    size = abs(number)
+    whole = math.floor(size)
+    rounded = whole + 1 if size - whole >= 0.5 else whole
+    return rounded if number >= 0 else -rounded
 
 
 def sign(value: Any) -> Any:
