@@ -36,22 +36,22 @@ def test_the_exchange_example_checks_clean() -> None:
     [
         (GOOD + "extra: 1\n", 9, "extra", "unknown key"),
         (GOOD.replace("key: [id]", "keys: [id]"), 3, "tables.events.keys", "did you mean 'key'"),
-        (GOOD.replace("SELECT *", "SELEKT *"), 5, "rules.archive.sql", ""),
+        (GOOD.replace("SELECT *", "SELEKT *"), 6, "rules.archive.sql", "unexpected 'SELEKT'"),
         (
             GOOD.replace("name: events", "name: evnts"),
-            7,
+            8,
             "rules.archive.actions[0].table.name",
             "unknown table 'evnts'",
         ),
         (
             GOOD.replace("- table:", "- tabel:"),
-            7,
+            8,
             "rules.archive.actions[0].tabel",
             "did you mean 'table'",
         ),
         (
             GOOD.replace("sql: SELECT", "sql_version: 1999-01-01\n    sql: SELECT"),
-            5,
+            6,
             "rules.archive.sql_version",
             "unknown SQL version",
         ),
@@ -66,7 +66,7 @@ def test_the_exchange_example_checks_clean() -> None:
         (GOOD + "rules2: {}\n", 9, "rules2", "did you mean 'rules'"),
         (
             GOOD.replace("actions:\n      - table: {name: events}", "actions: []"),
-            6,
+            7,
             "rules.archive.actions",
             "expected a list of actions",
         ),

@@ -32,6 +32,13 @@ class Options:
     def fail(self, key: str | None, message: str) -> NoReturn:
         self.source.fail(self.path if key is None else (*self.path, key), message)
 
+    def missing(self, key: str, expected: str) -> NoReturn:
+        """Report a missing key, or the misspelt key the user meant to write."""
+        for other in self.value:
+            if other != key and difflib.get_close_matches(other, [key], n=1):
+                self.fail(other, f"unknown key; did you mean {key!r}?")
+        self.fail(key, f"required: {expected}")
+
     def has(self, key: str) -> bool:
         return key in self.value
 
@@ -44,7 +51,7 @@ class Options:
         if value is None:
             if required or default is None:
                 if required:
-                    self.fail(key, "required: expected a string")
+                    self.missing(key, "expected a string")
                 return ""
             return default
         if not isinstance(value, str) or not value:
@@ -82,7 +89,7 @@ class Options:
         value = self.raw(key)
         if value is None:
             if required:
-                self.fail(key, "required: expected a list of strings")
+                self.missing(key, "expected a list of strings")
             return []
         if isinstance(value, str):
             value = [value]

@@ -46,6 +46,16 @@ class Source:
         raise TemplateError(message, file=self.file, line=self.line(path), key=dotted(path))
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 without implicit timestamps: ``sql_version: 2016-03-23`` stays a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def read_source(path: Path) -> Source:
     file = str(path)
     try:
@@ -54,7 +64,7 @@ def read_source(path: Path) -> Source:
         raise TemplateError("file not found", file=file, line=None, key="(file)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(f"cannot read: {exc}", file=file, line=None, key="(file)") from None
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     source = Source(file, None)
     try:
         node = loader.get_single_node()
@@ -76,7 +86,7 @@ def read_source(path: Path) -> Source:
     return source
 
 
-def _build(loader: yaml.SafeLoader, node: yaml.Node, path: Path_, source: Source) -> Any:
+def _build(loader: _Loader, node: yaml.Node, path: Path_, source: Source) -> Any:
     source.lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Any] = {}
