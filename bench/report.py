@@ -80,6 +80,8 @@ def table(figures: list[Figure]) -> str:
              for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for f in figures:
+        for note in f.notes:
+            lines.append(f"\n{f.title}: {note}")
         if f.error:
             lines.append(f"\n{f.title}: {f.error}")
     return "\n".join(lines)

@@ -26,7 +26,8 @@ from bench.signing import new_secret
 from bench.stores import count_files, receiver_counts
 
 STALL_SECONDS = 60.0  # no progress for this long fails the run
-TARGET_SECONDS = 60.0
+TARGET_SECONDS = 60.0  # for N = 1,000,000
+TARGET_EVENTS_PER_S = 1_000_000 / TARGET_SECONDS  # the issue rounds it to 17,000
 TARGET_RSS_MB = 300.0
 TARGET_PEER_RATIO = 10.0
 
@@ -118,7 +119,7 @@ def measure_rulebus(plan: Plan) -> list[Figure]:
     """Figure 2, plus the storage comparison's numerator."""
     n = plan.sizes.pipeline_n
     eps = Figure("2_pipeline", f"2. exchange pipeline, N = {n:,}", unit="events/s",
-                 target=f"≥ {n / TARGET_SECONDS:,.0f}")
+                 target=f"≥ {TARGET_EVENTS_PER_S:,.0f}")
     seconds = Figure("2_seconds", f"2. time for N = {n:,}", unit="s",
                      target=f"≤ {TARGET_SECONDS:.0f}" if n >= 1_000_000 else "")
     rss = Figure("2_rss", "2. peak RSS, rulebus processes", unit="MB",
@@ -137,7 +138,7 @@ def measure_rulebus(plan: Plan) -> list[Figure]:
     seconds.value = median([r["seconds"] for r in runs])
     rss.value = max(r["peak_rss_mb"] for r in runs)
     rss.notes.append("max over the runs")
-    eps.met = eps.value is not None and eps.value * TARGET_SECONDS >= n
+    eps.met = eps.value is not None and eps.value >= TARGET_EVENTS_PER_S
     if n >= 1_000_000 and seconds.value is not None:
         seconds.met = seconds.value <= TARGET_SECONDS
     rss.met = rss.value <= TARGET_RSS_MB
