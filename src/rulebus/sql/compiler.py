@@ -254,12 +254,17 @@ class Compiler:
         left, right = self.expr(node.left), self.expr(node.right)
         get_left, get_right = left.fn, right.fn
 
-        # Short-circuits: false AND x is false without evaluating x.
+        # Three-valued, like SQL's NULL: false AND Undefined is false, true AND
+        # Undefined is Undefined. AWS documents only the all-Boolean and
+        # all-other-value rows of the table; this fills the mixed ones.
         def and_(doc: Any, ctx: Any, variables: Any) -> Any:
             a = to_boolean(get_left(doc, ctx, variables))
-            if a is False or a is UNDEFINED:
-                return a
-            return to_boolean(get_right(doc, ctx, variables))
+            if a is False:
+                return False
+            b = to_boolean(get_right(doc, ctx, variables))
+            if b is False:
+                return False
+            return UNDEFINED if a is UNDEFINED or b is UNDEFINED else True
 
         return self._fold(and_, left, right)
 
@@ -269,9 +274,12 @@ class Compiler:
 
         def or_(doc: Any, ctx: Any, variables: Any) -> Any:
             a = to_boolean(get_left(doc, ctx, variables))
-            if a is True or a is UNDEFINED:
-                return a
-            return to_boolean(get_right(doc, ctx, variables))
+            if a is True:
+                return True
+            b = to_boolean(get_right(doc, ctx, variables))
+            if b is True:
+                return True
+            return UNDEFINED if a is UNDEFINED or b is UNDEFINED else False
 
         return self._fold(or_, left, right)
 
@@ -465,14 +473,10 @@ class Compiler:
                 left(doc, ctx, variables) and right(doc, ctx, variables)
             )
         if isinstance(node, ast.Or):
-            get_left = self.expr(node.left).fn
-            right = self.predicate(node.right)
-
-            def or_(doc: Any, ctx: Any, variables: Any) -> bool:
-                a = to_boolean(get_left(doc, ctx, variables))
-                return a is True or (a is False and right(doc, ctx, variables))
-
-            return or_
+            first, second = self.predicate(node.left), self.predicate(node.right)
+            return lambda doc, ctx, variables: (
+                first(doc, ctx, variables) or second(doc, ctx, variables)
+            )
         if isinstance(node, ast.Binary) and node.op in _FLIPPED:
             fast = self._fast_comparison(node)
             if fast is not None:
