@@ -8,7 +8,6 @@ import pytest
 
 from rulebus.errors import SqlError
 from rulebus.sql import NO_MATCH, compile_rule
-
 from tests.sql.helpers import CTX, run
 
 COLOR = {"color": "red", "temperature": 50}
@@ -184,7 +183,7 @@ FEATURES: list[tuple[str, Any, Any]] = [
 
 @pytest.mark.parametrize(("sql", "payload", "expected"), FEATURES)
 def test_features(sql: str, payload: Any, expected: Any) -> None:
-    """Nested access, indexing, aliases, WHERE semantics, SET and nested queries behave as documented."""
+    """Nested access, indexing, aliases, WHERE, SET and nested queries behave as documented."""
     assert run(sql, payload) == expected
 
 
