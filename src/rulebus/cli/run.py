@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.handlers
+import queue
 import signal
 import socket
 from collections.abc import Iterator
@@ -60,9 +62,7 @@ def _subscribers(app: App) -> list[str]:
 )
 def up(app_dir: Path, data_dir: Path, host: str, port: int, log_level: str) -> None:
     """Run an app: HTTP API, engine and functions in one process."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    listener = _log_to_stderr(log_level)
     app = load_app(app_dir)
     try:
         sock = socket.create_server((host, port), reuse_port=False)
@@ -70,7 +70,23 @@ def up(app_dir: Path, data_dir: Path, host: str, port: int, log_level: str) -> N
         raise RulebusError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     import uvloop
 
-    uvloop.run(_serve(app, data_dir, sock))
+    try:
+        uvloop.run(_serve(app, data_dir, sock))
+    finally:
+        listener.stop()
+
+
+def _log_to_stderr(level: str) -> logging.handlers.QueueListener:
+    """Log through a queue, so writing log lines never blocks the event loop."""
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    stream = logging.StreamHandler()
+    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    listener = logging.handlers.QueueListener(records, stream)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    root.setLevel(level.upper())
+    listener.start()
+    return listener
 
 
 class _Server(uvicorn.Server):

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ from rulebus.template.model import App, RuleSpec
 log = logging.getLogger("rulebus.engine")
 
 BATCH_SIZE = 512
+WINDOW = 8  # batches delivered at once
 IDLE_POLL = 0.25  # seconds: how often an idle engine looks for events other processes wrote
 RETRY_POLL = 0.5
 
@@ -78,24 +80,51 @@ class Engine:
     # -- dispatch ---------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
-        while not self._stopping.is_set():
-            events = await self.bus.read(self.dispatched, BATCH_SIZE)
-            if not events:
-                waiter = asyncio.ensure_future(self.bus.wait_for_events(self.dispatched, IDLE_POLL))
-                stopper = asyncio.ensure_future(self._stopping.wait())
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                stopper.cancel()
+        # Up to WINDOW batches are delivered at once, so a slow action in one
+        # batch does not idle the rest; their state is recorded in log order,
+        # so the dispatch position never passes an unfinished batch.
+        inflight: deque[tuple[int, asyncio.Task[list[Retry]]]] = deque()
+        read_to = self.dispatched
+        while not self._stopping.is_set() or inflight:
+            while inflight and (
+                inflight[0][1].done() or len(inflight) >= WINDOW or self._stopping.is_set()
+            ):
+                await self._record(*inflight.popleft())
+            if self._stopping.is_set():
                 continue
+            events = await self.bus.read(read_to, BATCH_SIZE)
+            if events:
+                inflight.append((events[-1].seq, asyncio.create_task(self._deliver(events))))
+                read_to = events[-1].seq
+                continue
+            waits: set[asyncio.Future[Any]] = {
+                asyncio.ensure_future(self.bus.wait_for_events(read_to, IDLE_POLL)),
+                asyncio.ensure_future(self._stopping.wait()),
+            }
+            if inflight:
+                waits.add(inflight[0][1])
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for future in pending:
+                if not (inflight and future is inflight[0][1]):
+                    future.cancel()
+
+    async def _record(self, seq: int, task: asyncio.Task[list[Retry]]) -> None:
+        """Make a delivered batch's outcome durable and move the dispatch position past it."""
+        while True:
             try:
-                await self._dispatch(events)
+                retries = await task
+                await self.services.objects.flush()
+                await self.bus.commit_dispatch(seq, retries)
+                self.dispatched = seq
+                return
             except Exception:
-                # Storage trouble: nothing was recorded, so the batch is
-                # dispatched again after a pause rather than lost.
-                log.exception("dispatching events %d..%d failed", events[0].seq, events[-1].seq)
+                # Storage trouble: nothing was recorded, so keep trying rather
+                # than move on; a restart re-delivers the batch anyway.
+                log.exception("recording dispatch up to event %d failed; retrying", seq)
                 await asyncio.sleep(1)
 
-    async def _dispatch(self, events: list[Event]) -> None:
+    async def _deliver(self, events: list[Event]) -> list[Retry]:
+        """Evaluate and deliver a batch; returns the deliveries that need a retry."""
         deliveries: list[tuple[Delivery, RuleSpec]] = []
         retries: list[Retry] = []
         now = time.time()
@@ -125,9 +154,7 @@ class Engine:
             for (delivery, rule), failed in zip(deliveries, results, strict=True):
                 if failed:
                     retries.append(self._retry(delivery.event.seq, rule, 1, failed, now))
-        await self.services.objects.flush()
-        await self.bus.commit_dispatch(events[-1].seq, retries)
-        self.dispatched = events[-1].seq
+        return retries
 
     def _retry(
         self,
