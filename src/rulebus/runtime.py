@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,26 +18,82 @@ from rulebus.functions import FunctionHost
 from rulebus.notifications import Notifier
 from rulebus.template.model import App
 
+log = logging.getLogger("rulebus.runtime")
 
-def stores(data_dir: Path) -> tuple[SqliteBus, SqliteTableStore, FileObjectStore]:
+
+def stores(
+    data_dir: Path, *, dispatching: bool = False
+) -> tuple[SqliteBus, SqliteTableStore, FileObjectStore]:
     """The embedded backends, laid out under ``data_dir``."""
     return (
-        SqliteBus(data_dir / "bus.sqlite3"),
+        SqliteBus(data_dir / "bus.sqlite3", dispatching=dispatching),
         SqliteTableStore(data_dir / "tables.sqlite3"),
         FileObjectStore(data_dir / "buckets"),
     )
 
 
-class Runtime:
-    """Opens the backends an app needs, creates its tables and buckets, runs its engine."""
+class EngineLock:
+    """One engine per data directory: two would deliver every event twice."""
 
-    def __init__(self, app: App, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "engine.lock"
+        self._fd: int | None = None
+
+    async def acquire(self) -> None:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        warned = False
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if not warned:
+                    log.warning("another engine runs on %s; waiting for it to stop", self.path)
+                    warned = True
+                await asyncio.sleep(0.2)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Runtime:
+    """Opens the backends an app needs and, with ``engine``, runs its rules.
+
+    Without ``engine`` it only publishes (an API process whose engine runs in
+    another process on the same data directory).
+    """
+
+    def __init__(self, app: App, data_dir: Path, *, engine: bool = True) -> None:
         self.app = app
         self.data_dir = data_dir
-        self.bus, self.tables, self.objects = stores(data_dir)
-        self.notifier = Notifier(app.notifications)
-        self.functions = FunctionHost(app.root, app.functions)
-        self.services = Services(
+        self.runs_engine = engine
+        self.bus, self.tables, self.objects = stores(data_dir, dispatching=engine)
+        self._lock = EngineLock(data_dir)
+        self.engine: Engine | None = None
+        self.notifier: Notifier | None = None
+        self.functions: FunctionHost | None = None
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.bus.open()
+        # Tables and buckets exist once ``up`` listens, even before a worker
+        # process has started, so readers never race the worker.
+        await self.tables.open()
+        await self.objects.open()
+        for table in self.app.tables.values():
+            await self.tables.create_table(table.name, table.key)
+        for bucket in self.app.buckets:
+            await self.objects.create_bucket(bucket)
+        if not self.runs_engine:
+            await self.objects.close()
+            await self.tables.close()
+            return
+        await self._lock.acquire()
+        self.notifier = Notifier(self.app.notifications)
+        self.functions = FunctionHost(self.app.root, self.app.functions)
+        services = Services(
             tables=self.tables,
             objects=self.objects,
             notifier=self.notifier,
@@ -42,28 +101,26 @@ class Runtime:
             publish=self.bus.append,
             log=logging.getLogger("rulebus.rules"),
         )
-        self.engine = Engine(app, self.bus, self.services)
-
-    async def start(self) -> None:
-        for store in (self.bus, self.tables, self.objects):
-            await store.open()
-        for table in self.app.tables.values():
-            await self.tables.create_table(table.name, table.key)
-        for bucket in self.app.buckets:
-            await self.objects.create_bucket(bucket)
+        self.engine = Engine(self.app, self.bus, services)
         await self.engine.start()
 
     async def stop(self) -> None:
-        await self.engine.stop()
-        await self.notifier.close()
-        self.functions.close()
-        for store in (self.objects, self.tables, self.bus):
-            await store.close()
+        if self.engine is not None:
+            await self.engine.stop()
+        if self.notifier is not None:
+            await self.notifier.close()
+        if self.functions is not None:
+            self.functions.close()
+        if self.runs_engine:
+            await self.objects.close()
+            await self.tables.close()
+        await self.bus.close()
+        self._lock.release()
 
     async def stats(self) -> dict[str, Any]:
         return {
             "head": await self.bus.head(),
-            "dispatched": self.engine.dispatched,
+            "dispatched": await self.bus.load_dispatched(),
             "retrying": await self.bus.count_retries(),
             "dead_letters": await self.bus.count_dead_letters(),
         }

@@ -63,8 +63,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
 class Server:
     """``rulebus up`` in its own process, on a free port."""
 
-    def __init__(self, app: Path, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, app: Path, data_dir: Path, env: dict[str, str] | None = None, *args: str
+    ) -> None:
         self.app = app
+        self.args = args
         self.data_dir = data_dir
         self.env = {**os.environ, **(env or {})}
         self.port = free_port()
@@ -84,6 +87,7 @@ class Server:
                 str(self.data_dir),
                 "--port",
                 str(self.port),
+                *self.args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -130,6 +134,14 @@ class Server:
         """Every event dispatched and no delivery waiting for a retry."""
         s = self.stats()
         return bool(s["dispatched"] >= s["head"] and s["retrying"] == 0)
+
+    def worker_pid(self) -> int | None:
+        """The engine worker process that ``up`` started, if one runs now."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        pids = children.split()
+        assert len(pids) <= 1
+        return int(pids[0]) if pids else None
 
     def kill9(self) -> None:
         assert self.proc is not None

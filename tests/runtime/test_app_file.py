@@ -4,6 +4,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from tests.runtime.helpers import EXCHANGE, cli
 
 GOOD = """\

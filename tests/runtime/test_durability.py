@@ -5,6 +5,7 @@ import threading
 
 import httpx
 from fraud import is_fraud
+
 from tests.runtime.helpers import Receiver, Server, cli, scan, wait_until
 
 
@@ -84,3 +85,31 @@ def test_graceful_stop_then_restart_processes_everything_once(tmp_path) -> None:
         wait_until(lambda: again.idle() and len(scan("events", data)) == 11, what="11 rows")
     finally:
         again.stop()
+
+
+def test_a_killed_engine_worker_is_restarted_and_catches_up(tmp_path) -> None:
+    """kill -9 of the worker process loses nothing: ``up`` restarts it and it finishes the work."""
+    import os
+    import signal
+
+    from tests.runtime.helpers import EXCHANGE
+
+    data = tmp_path / "data"
+    server = Server(EXCHANGE, data).start()
+    try:
+        first = wait_until(server.worker_pid, what="the worker")
+        for i in range(5):
+            response = server.post(
+                "/events", [{"type": "sell", "id": f"w{i}-{j}"} for j in range(200)]
+            )
+            assert response.status_code == 200
+            if i == 1:
+                os.kill(first, signal.SIGKILL)
+        wait_until(lambda: server.worker_pid() not in (None, first), what="a new worker")
+        wait_until(
+            lambda: server.idle() and len(scan("events", data)) == 1000,
+            timeout=60,
+            what="1000 rows",
+        )
+    finally:
+        server.stop()

@@ -1,16 +1,41 @@
 """The exchange example end to end, through HTTP and the CLI."""
 
 import json
+from pathlib import Path
 
 from fraud import is_fraud
+
 from tests.runtime.conftest import SECRET
-from tests.runtime.helpers import Receiver, Server, cli, scan, verify_signature, wait_until
+from tests.runtime.helpers import (
+    EXCHANGE,
+    Receiver,
+    Server,
+    cli,
+    scan,
+    verify_signature,
+    wait_until,
+)
 
 
 def test_every_event_is_archived_and_flagged_buys_are_archived_and_notified(
     exchange: Server, receiver: Receiver
 ) -> None:
     """Every event lands in the table; each flagged buy becomes an object and a signed webhook."""
+    run_exchange_flow(exchange, receiver)
+
+
+def test_the_whole_flow_works_in_a_single_process(tmp_path: Path, receiver: Receiver) -> None:
+    """``up --single-process`` runs the engine beside the API with the same results."""
+    env = {"RULEBUS_FRAUD_WEBHOOK_URL": receiver.url, "RULEBUS_FRAUD_WEBHOOK_SECRET": SECRET}
+    server = Server(EXCHANGE, tmp_path / "data", env, "--single-process").start()
+    try:
+        assert server.worker_pid() is None
+        run_exchange_flow(server, receiver)
+    finally:
+        server.stop()
+
+
+def run_exchange_flow(exchange: Server, receiver: Receiver) -> None:
     ids = {}
     for i in range(40):
         kind = "buy" if i % 2 == 0 else "sell"

@@ -1,6 +1,7 @@
 """Bad input over HTTP gets a 4xx that says what was wrong, and never hurts the process."""
 
 import pytest
+
 from tests.runtime.helpers import Server, scan, wait_until
 
 

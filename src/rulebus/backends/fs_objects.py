@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import queue
 import re
@@ -51,10 +50,12 @@ def validate_key(key: str) -> str:
 
 
 def _syncfs() -> object:
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
+    # The C library this process already has loaded; find_library would
+    # start a subprocess to look for it.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
         return None
-    libc = ctypes.CDLL(libc_name, use_errno=True)
     return getattr(libc, "syncfs", None)
 
 

@@ -93,8 +93,10 @@ def _failures_from(data: bytes | str) -> list[Failure]:
 class SqliteBus:
     """The :class:`~rulebus.backends.base.Bus` on one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, dispatching: bool = True) -> None:
         self.path = path
+        # Only a process that dispatches reads its own appends back.
+        self._cache_limit = TAIL_CACHE_LIMIT if dispatching else 0
         self._writer = GroupCommitWriter(path, name="bus-writer")
         self._reader: sqlite3.Connection | None = None
         self._tail: dict[int, Event] = {}
@@ -142,7 +144,7 @@ class SqliteBus:
             return out
 
         results = await self._writer.submit(work)
-        if len(self._tail) < TAIL_CACHE_LIMIT:
+        if len(self._tail) < self._cache_limit:
             for event, result in zip(events, results, strict=True):
                 if not result.duplicate:
                     event.seq = result.seq

@@ -12,7 +12,7 @@ import click
 
 from rulebus.cli.common import Group
 from rulebus.cli.data import bucket, dlq, publish, table
-from rulebus.cli.run import check, up
+from rulebus.cli.run import check, up, worker
 from rulebus.cli.sql import sql
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     """rulebus: AWS IoT-style topics and SQL rules on your own machines."""
 
 
-for command in (up, check, publish, table, bucket, dlq, sql):
+for command in (up, worker, check, publish, table, bucket, dlq, sql):
     main.add_command(command)
 
 

@@ -1,14 +1,16 @@
-"""``rulebus up`` and ``rulebus check``: run and validate an app."""
+"""``rulebus up``, ``rulebus worker`` and ``rulebus check``: run and validate an app."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import logging.handlers
 import queue
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +23,19 @@ from rulebus.errors import RulebusError
 from rulebus.runtime import Runtime
 from rulebus.template import App, load_app
 
+log = logging.getLogger("rulebus.cli")
+
+app_argument = click.argument("app_dir", metavar="APP", type=click.Path(path_type=Path))
+log_level_option = click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+
 
 @click.command()
-@click.argument("app_dir", metavar="APP", type=click.Path(path_type=Path))
+@app_argument
 def check(app_dir: Path) -> None:
     """Validate an app folder and print what it declares."""
     app = load_app(app_dir)
@@ -50,30 +62,65 @@ def _subscribers(app: App) -> list[str]:
 
 
 @click.command()
-@click.argument("app_dir", metavar="APP", type=click.Path(path_type=Path))
+@app_argument
 @data_dir_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int, help="0 picks a free port.")
 @click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
+    "--single-process",
+    is_flag=True,
+    help="Run the engine in this process too, instead of in a worker process.",
 )
-def up(app_dir: Path, data_dir: Path, host: str, port: int, log_level: str) -> None:
-    """Run an app: HTTP API, engine and functions in one process."""
+@log_level_option
+def up(
+    app_dir: Path, data_dir: Path, host: str, port: int, single_process: bool, log_level: str
+) -> None:
+    """Run an app: the HTTP API here, the engine and functions in a worker process."""
     listener = _log_to_stderr(log_level)
-    app = load_app(app_dir)
     try:
-        sock = socket.create_server((host, port), reuse_port=False)
-    except OSError as exc:
-        raise RulebusError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    import uvloop
-
-    try:
-        uvloop.run(_serve(app, data_dir, sock))
+        app = load_app(app_dir)
+        try:
+            sock = socket.create_server((host, port))
+        except OSError as exc:
+            raise RulebusError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        worker = (
+            None
+            if single_process
+            else [
+                sys.executable,
+                "-m",
+                "rulebus",
+                "worker",
+                str(app_dir),
+                "--data-dir",
+                str(data_dir),
+                "--log-level",
+                log_level,
+            ]
+        )
+        _run(_serve(app, data_dir, sock, worker))
     finally:
         listener.stop()
+
+
+@click.command()
+@app_argument
+@data_dir_option
+@log_level_option
+def worker(app_dir: Path, data_dir: Path, log_level: str) -> None:
+    """Run an app's engine and functions, without the HTTP API."""
+    listener = _log_to_stderr(log_level)
+    try:
+        app = load_app(app_dir)
+        _run(_work(app, data_dir))
+    finally:
+        listener.stop()
+
+
+def _run(main: object) -> None:
+    import uvloop
+
+    uvloop.run(main)  # type: ignore[arg-type]
 
 
 def _log_to_stderr(level: str) -> logging.handlers.QueueListener:
@@ -89,11 +136,28 @@ def _log_to_stderr(level: str) -> logging.handlers.QueueListener:
     return listener
 
 
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _work(app: App, data_dir: Path) -> None:
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    runtime = Runtime(app, data_dir)
+    await runtime.start()
+    try:
+        await stop.wait()
+    finally:
+        await runtime.stop()
+
+
 class _Server(uvicorn.Server):
     """uvicorn, minus its signal handling.
 
     uvicorn re-raises the signal once it has stopped, which would end the
-    process before the engine records the batch in hand; our handlers only
+    process before the engine records the batches in hand; our handlers only
     ask the server to stop, and the engine stops after it.
     """
 
@@ -102,8 +166,32 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve(app: App, data_dir: Path, sock: socket.socket) -> None:
-    runtime = Runtime(app, data_dir)
+def _die_with_parent() -> None:
+    """In the worker, before exec: a kill -9 of ``rulebus up`` takes the worker with it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+async def _supervise(command: list[str], stop: asyncio.Event) -> None:
+    """Keep the worker running until ``stop``, then stop it gracefully."""
+    while True:
+        proc = await asyncio.create_subprocess_exec(*command, preexec_fn=_die_with_parent)
+        waiting = asyncio.ensure_future(proc.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+            await waiting
+            return
+        stopping.cancel()
+        log.error("engine worker exited with %s; restarting it", proc.returncode)
+        await asyncio.sleep(1)
+
+
+async def _serve(app: App, data_dir: Path, sock: socket.socket, worker: list[str] | None) -> None:
+    runtime = Runtime(app, data_dir, engine=worker is None)
     await runtime.start()
     config = uvicorn.Config(
         build_api(runtime),
@@ -114,9 +202,9 @@ async def _serve(app: App, data_dir: Path, sock: socket.socket) -> None:
         timeout_graceful_shutdown=10,
     )
     server = _Server(config)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    supervisor = None if worker is None else asyncio.create_task(_supervise(worker, stop))
     host, port = sock.getsockname()[:2]
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
@@ -126,7 +214,14 @@ async def _serve(app: App, data_dir: Path, sock: socket.socket) -> None:
             f"rulebus: app {app.name} listening on http://{host}:{port} (data in {data_dir})"
         )
     try:
+        await asyncio.wait(
+            {serving, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+        )
+        server.should_exit = True
         await serving
     finally:
+        stop.set()
+        if supervisor is not None:
+            await supervisor
         await runtime.stop()
         click.echo("rulebus: stopped")

@@ -32,7 +32,8 @@ log = logging.getLogger("rulebus.engine")
 
 BATCH_SIZE = 512
 WINDOW = 8  # batches delivered at once
-IDLE_POLL = 0.25  # seconds: how often an idle engine looks for events other processes wrote
+MIN_POLL = 0.001  # seconds: the first look for events other processes wrote, when idle
+IDLE_POLL = 0.02  # and the longest wait between looks
 RETRY_POLL = 0.5
 
 
@@ -85,6 +86,7 @@ class Engine:
         # so the dispatch position never passes an unfinished batch.
         inflight: deque[tuple[int, asyncio.Task[list[Retry]]]] = deque()
         read_to = self.dispatched
+        idle = MIN_POLL
         while not self._stopping.is_set() or inflight:
             while inflight and (
                 inflight[0][1].done() or len(inflight) >= WINDOW or self._stopping.is_set()
@@ -96,9 +98,14 @@ class Engine:
             if events:
                 inflight.append((events[-1].seq, asyncio.create_task(self._deliver(events))))
                 read_to = events[-1].seq
+                idle = MIN_POLL
                 continue
+            # Appends from this process wake the dispatcher at once; those of
+            # other processes (an API process, ``rulebus publish``) are found
+            # by polling, quickly after recent traffic and more lazily after that.
+            idle = min(idle * 2, IDLE_POLL)
             waits: set[asyncio.Future[Any]] = {
-                asyncio.ensure_future(self.bus.wait_for_events(read_to, IDLE_POLL)),
+                asyncio.ensure_future(self.bus.wait_for_events(read_to, idle)),
                 asyncio.ensure_future(self._stopping.wait()),
             }
             if inflight:
