@@ -17,5 +17,5 @@ def is_fraud(event_id: str) -> bool:
 
 def check(event: dict[str, Any], ctx: Any) -> None:
     if is_fraud(event["id"]):
-        ctx.log.info("fraud suspected in %s", event["id"])
+        ctx.log.debug("fraud suspected in %s", event["id"])
         ctx.publish("alert/fraud", event)

@@ -7,7 +7,8 @@ import importlib
 import inspect
 import logging
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,8 @@ from rulebus.sql import validate_topic
 if TYPE_CHECKING:
     from rulebus.actions.base import Delivery
     from rulebus.template.model import FunctionSpec
+
+CHUNK = 64  # sync calls per thread hop
 
 Handler = Callable[[Any, "FunctionContext"], Any]
 
@@ -81,25 +84,68 @@ class FunctionHost:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def invoke(self, name: str, delivery: Delivery) -> list[tuple[str, Any]]:
-        """Call the handler; returns the events it published."""
-        handler = self._handlers[name]
+    async def invoke_many(
+        self, name: str, deliveries: Sequence[Delivery]
+    ) -> list[list[tuple[str, Any]] | Exception]:
+        """Call the handler for each delivery; returns what each published, or its error."""
+        if self._is_async[name]:
+            return list(await asyncio.gather(*(self._call_async(name, d) for d in deliveries)))
+        # Sync handlers run on the thread pool in chunks: one thread hop per
+        # chunk instead of per call, and at most ``concurrency`` chunks at once.
+        chunks = [deliveries[i : i + CHUNK] for i in range(0, len(deliveries), CHUNK)]
+        results = await asyncio.gather(*(self._call_sync(name, chunk) for chunk in chunks))
+        return [result for chunk in results for result in chunk]
+
+    async def _call_async(self, name: str, delivery: Delivery) -> list[tuple[str, Any]] | Exception:
         spec = self._specs[name]
         ctx = FunctionContext(delivery, name, self._log.getChild(name))
         async with self._limits[name]:
             try:
-                if self._is_async[name]:
-                    await asyncio.wait_for(handler(delivery.output, ctx), spec.timeout)
-                else:
-                    loop = asyncio.get_running_loop()
-                    call = loop.run_in_executor(self._pool, handler, delivery.output, ctx)
-                    # A thread cannot be killed: on timeout the call is abandoned
-                    # and whatever it publishes afterwards is discarded.
-                    await asyncio.wait_for(call, spec.timeout)
+                await asyncio.wait_for(self._handlers[name](delivery.output, ctx), spec.timeout)
             except TimeoutError:
-                raise ActionError(f"function {name!r} timed out after {spec.timeout}s") from None
-            except ActionError:
-                raise
+                return ActionError(f"function {name!r} timed out after {spec.timeout}s")
             except Exception as exc:
-                raise ActionError(f"function {name!r} raised {type(exc).__name__}: {exc}") from exc
+                return _raised(name, exc)
         return ctx.published
+
+    async def _call_sync(
+        self, name: str, chunk: Sequence[Delivery]
+    ) -> list[list[tuple[str, Any]] | Exception]:
+        spec = self._specs[name]
+        async with self._limits[name]:
+            loop = asyncio.get_running_loop()
+            call = loop.run_in_executor(self._pool, self._run_chunk, name, chunk)
+            try:
+                # A thread cannot be killed: a chunk that overruns is abandoned
+                # (its calls are retried) and what it publishes later is dropped.
+                return await asyncio.wait_for(call, spec.timeout * len(chunk))
+            except TimeoutError:
+                error = ActionError(f"function {name!r} timed out after {spec.timeout}s")
+                return [error] * len(chunk)
+
+    def _run_chunk(
+        self, name: str, chunk: Sequence[Delivery]
+    ) -> list[list[tuple[str, Any]] | Exception]:
+        handler = self._handlers[name]
+        timeout = self._specs[name].timeout
+        log = self._log.getChild(name)
+        out: list[list[tuple[str, Any]] | Exception] = []
+        for delivery in chunk:
+            ctx = FunctionContext(delivery, name, log)
+            started = time.monotonic()
+            try:
+                handler(delivery.output, ctx)
+            except Exception as exc:
+                out.append(_raised(name, exc))
+                continue
+            if time.monotonic() - started > timeout:
+                out.append(ActionError(f"function {name!r} timed out after {timeout}s"))
+            else:
+                out.append(ctx.published)
+        return out
+
+
+def _raised(name: str, exc: Exception) -> Exception:
+    if isinstance(exc, ActionError):
+        return exc
+    return ActionError(f"function {name!r} raised {type(exc).__name__}: {exc}")

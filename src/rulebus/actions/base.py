@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from abc import ABC, abstractmethod
@@ -84,6 +85,28 @@ class Action(ABC):
 
     @abstractmethod
     async def run(self, delivery: Delivery, index: int, services: Services) -> None: ...
+
+    async def run_many(
+        self, deliveries: Sequence[Delivery], index: int, services: Services
+    ) -> list[Exception | None]:
+        """Run for each delivery; returns each one's error, or None where it succeeded.
+
+        The default runs them concurrently, one ``run`` each. Actions that can
+        do a batch in one go (one transaction, one thread hop) override it.
+        """
+        if len(deliveries) == 1:
+            return [await _capture(self.run(deliveries[0], index, services))]
+        return list(
+            await asyncio.gather(*(_capture(self.run(d, index, services)) for d in deliveries))
+        )
+
+
+async def _capture(work: Awaitable[None]) -> Exception | None:
+    try:
+        await work
+    except Exception as exc:
+        return exc
+    return None
 
 
 def template_option(opts: Options, key: str, *, required: bool = True) -> Template | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rulebus.actions.base import Action, Declared, Delivery, Services, reference
 from rulebus.actions.registry import register
 from rulebus.events import Event
@@ -23,13 +25,37 @@ class FunctionAction(Action):
         return cls(reference(opts, "name", declared.functions, "function"))
 
     async def run(self, delivery: Delivery, index: int, services: Services) -> None:
-        published = await services.functions.invoke(self.name, delivery)
-        if published:
-            events = [
-                delivery_event(delivery, index, n, topic, payload)
-                for n, (topic, payload) in enumerate(published)
-            ]
-            await services.publish(events)
+        (error,) = await self.run_many([delivery], index, services)
+        if error is not None:
+            raise error
+
+    async def run_many(
+        self, deliveries: Sequence[Delivery], index: int, services: Services
+    ) -> list[Exception | None]:
+        results = await services.functions.invoke_many(self.name, deliveries)
+        errors: list[Exception | None] = []
+        events: list[Event] = []
+        publishers = []
+        for i, (delivery, result) in enumerate(zip(deliveries, results, strict=True)):
+            if isinstance(result, Exception):
+                errors.append(result)
+                continue
+            errors.append(None)
+            if result:
+                publishers.append(i)
+                events.extend(
+                    delivery_event(delivery, index, n, topic, payload)
+                    for n, (topic, payload) in enumerate(result)
+                )
+        if events:
+            # Everything the batch published goes to the bus in one commit; if
+            # that fails, every call that published is retried.
+            try:
+                await services.publish(events)
+            except Exception as exc:
+                for i in publishers:
+                    errors[i] = exc
+        return errors
 
 
 def delivery_event(delivery: Delivery, index: int, n: int, topic: str, payload: object) -> Event:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rulebus import codec
 from rulebus.actions.base import (
     Action,
@@ -43,9 +45,31 @@ class ObjectAction(Action):
         return cls(bucket, key)
 
     async def run(self, delivery: Delivery, index: int, services: Services) -> None:
+        await services.objects.put(
+            self.bucket, self.object_key(delivery), codec.dumps(delivery.output)
+        )
+
+    async def run_many(
+        self, deliveries: Sequence[Delivery], index: int, services: Services
+    ) -> list[Exception | None]:
+        errors: list[Exception | None] = [None] * len(deliveries)
+        objects = []
+        positions = []
+        for i, delivery in enumerate(deliveries):
+            try:
+                objects.append((self.object_key(delivery), codec.dumps(delivery.output)))
+                positions.append(i)
+            except ActionError as exc:
+                errors[i] = exc
+        for i, error in zip(
+            positions, await services.objects.put_many(self.bucket, objects), strict=True
+        ):
+            errors[i] = error
+        return errors
+
+    def object_key(self, delivery: Delivery) -> str:
         key = render(self.key, delivery, "object key")
         try:
-            validate_key(key)
+            return validate_key(key)
         except BadInput as exc:
             raise ActionError(exc.message, retryable=False) from None
-        await services.objects.put(self.bucket, key, codec.dumps(delivery.output))

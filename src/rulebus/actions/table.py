@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rulebus.actions.base import Action, Declared, Delivery, Services, reference, render
@@ -43,6 +44,28 @@ class TableAction(Action):
         return cls(table, keys)
 
     async def run(self, delivery: Delivery, index: int, services: Services) -> None:
+        await services.tables.put(self.table, self.item(delivery))
+
+    async def run_many(
+        self, deliveries: Sequence[Delivery], index: int, services: Services
+    ) -> list[Exception | None]:
+        errors: list[Exception | None] = [None] * len(deliveries)
+        items = []
+        positions = []
+        for i, delivery in enumerate(deliveries):
+            try:
+                items.append(self.item(delivery))
+                positions.append(i)
+            except ActionError as exc:
+                errors[i] = exc
+        for i, error in zip(
+            positions, await services.tables.put_many(self.table, items), strict=True
+        ):
+            errors[i] = error
+        return errors
+
+    def item(self, delivery: Delivery) -> dict[str, Any]:
+        """The row for a delivery: its output plus the key fields from templates."""
         output = delivery.output
         if not isinstance(output, dict):
             raise ActionError(
@@ -54,4 +77,4 @@ class TableAction(Action):
             item = dict(output)
             for field, template in self.keys.items():
                 item[field] = render(template, delivery, f"key field {field!r}")
-        await services.tables.put(self.table, item)
+        return item

@@ -13,7 +13,7 @@ import os
 import queue
 import re
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,27 @@ class FileObjectStore:
         with open(tmp, "wb") as f:
             f.write(body)
         os.replace(tmp, path)
+
+    async def put_many(
+        self, bucket: str, objects: Sequence[tuple[str, bytes]]
+    ) -> list[Exception | None]:
+        pending: list[tuple[int, Path, asyncio.Future[None]]] = []
+        errors: list[Exception | None] = [None] * len(objects)
+        for i, (key, body) in enumerate(objects):
+            try:
+                path = self._path(bucket, key)
+            except Exception as exc:
+                errors[i] = exc
+                continue
+            pending.append((i, path, self._writer.submit(path, body)))
+        for i, path, future in pending:
+            try:
+                await future
+            except Exception as exc:
+                errors[i] = exc
+            else:
+                self._dirty.add(path)
+        return errors
 
     async def flush(self) -> None:
         if not self._dirty:

@@ -112,6 +112,25 @@ class SqliteTableStore:
         sql, values = self._row(table, item)
         await self._writer.submit(lambda conn: conn.execute(sql, values))
 
+    async def put_many(self, table: str, items: Sequence[dict[str, Any]]) -> list[Exception | None]:
+        errors: list[Exception | None] = []
+        rows = []
+        sql = ""
+        for item in items:
+            try:
+                sql, values = self._row(table, item)
+            except Exception as exc:
+                errors.append(exc)
+                continue
+            errors.append(None)
+            rows.append(values)
+        if rows:
+            try:
+                await self._writer.submit(lambda conn: conn.executemany(sql, rows))
+            except Exception as exc:
+                errors = [exc if e is None else e for e in errors]
+        return errors
+
     async def scan(self, table: str) -> AsyncIterator[dict[str, Any]]:
         if table not in self._keys:
             raise NotFound(f"no table named {table!r}")

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from rulebus.actions.base import Action, Delivery, Services
@@ -132,7 +132,7 @@ class Engine:
 
     async def _deliver(self, events: list[Event]) -> list[Retry]:
         """Evaluate and deliver a batch; returns the deliveries that need a retry."""
-        deliveries: list[tuple[Delivery, RuleSpec]] = []
+        groups: dict[str, tuple[RuleSpec, list[Delivery]]] = {}
         retries: list[Retry] = []
         now = time.time()
         starts = self._starts
@@ -151,16 +151,28 @@ class Engine:
                     retries.append(Retry(event.seq, rule.name, 1, now, [], [failure]))
                     continue
                 if output is not NO_MATCH:
-                    deliveries.append(
-                        (Delivery(event, rule.name, output, ctx, event.payload), rule)
-                    )
-        if deliveries:
-            results = await _gather(
-                [self._run(d, rule.actions, range(len(rule.actions))) for d, rule in deliveries]
-            )
-            for (delivery, rule), failed in zip(deliveries, results, strict=True):
-                if failed:
-                    retries.append(self._retry(delivery.event.seq, rule, 1, failed, now))
+                    group = groups.get(rule.name)
+                    if group is None:
+                        group = groups[rule.name] = (rule, [])
+                    group[1].append(Delivery(event, rule.name, output, ctx, event.payload))
+        # Each action gets all of its deliveries in the batch at once, so it
+        # can use one transaction or one thread hop for all of them.
+        jobs = []
+        owners = []
+        for rule, deliveries in groups.values():
+            for index, action in enumerate(rule.actions):
+                jobs.append(action.run_many(deliveries, index, self.services))
+                owners.append((rule, index, deliveries))
+        failed: dict[int, tuple[RuleSpec, Delivery, list[tuple[int, Failure]]]] = {}
+        for (rule, index, deliveries), errors in zip(
+            owners, await asyncio.gather(*jobs), strict=True
+        ):
+            for delivery, error in zip(deliveries, errors, strict=True):
+                if error is not None:
+                    entry = failed.setdefault(id(delivery), (rule, delivery, []))
+                    entry[2].append((index, self._failure(rule.actions[index], delivery, error)))
+        for rule, delivery, failures in failed.values():
+            retries.append(self._retry(delivery.event.seq, rule, 1, failures, now))
         return retries
 
     def _retry(
@@ -183,27 +195,23 @@ class Engine:
     async def _run(
         self, delivery: Delivery, actions: Sequence[Action], indices: Sequence[int]
     ) -> list[tuple[int, Failure]]:
-        """Run the given actions of a delivery; returns the ones that failed."""
-        if len(indices) == 1:
-            failure = await self._run_one(delivery, actions, indices[0])
-            return [] if failure is None else [failure]
-        results = await asyncio.gather(*(self._run_one(delivery, actions, i) for i in indices))
-        return [r for r in results if r is not None]
+        """Run the given actions of one delivery; returns the ones that failed."""
+        results = await asyncio.gather(
+            *(actions[i].run_many([delivery], i, self.services) for i in indices)
+        )
+        return [
+            (i, self._failure(actions[i], delivery, errors[0]))
+            for i, errors in zip(indices, results, strict=True)
+            if errors[0] is not None
+        ]
 
-    async def _run_one(
-        self, delivery: Delivery, actions: Sequence[Action], index: int
-    ) -> tuple[int, Failure] | None:
-        action = actions[index]
-        try:
-            await action.run(delivery, index, self.services)
-        except ActionError as exc:
-            return index, Failure(action.kind, action.resource, exc.message, exc.retryable)
-        except NotFound as exc:
-            return index, Failure(action.kind, action.resource, str(exc), retryable=False)
-        except Exception as exc:
-            log.exception("action %s of rule %s failed", action.kind, delivery.rule)
-            return index, Failure(action.kind, action.resource, f"{type(exc).__name__}: {exc}")
-        return None
+    def _failure(self, action: Action, delivery: Delivery, error: Exception) -> Failure:
+        if isinstance(error, ActionError):
+            return Failure(action.kind, action.resource, error.message, error.retryable)
+        if isinstance(error, NotFound):
+            return Failure(action.kind, action.resource, str(error), retryable=False)
+        log.error("action %s of rule %s failed", action.kind, delivery.rule, exc_info=error)
+        return Failure(action.kind, action.resource, f"{type(error).__name__}: {error}")
 
     # -- retries and dead letters ------------------------------------------
 
@@ -212,7 +220,7 @@ class Engine:
             try:
                 due = await self.bus.due_retries(time.time(), 64)
                 if due:
-                    await _gather([self._retry_one(r) for r in due])
+                    await asyncio.gather(*(self._retry_one(r) for r in due))
                     continue
             except Exception:
                 log.exception("retrying deliveries failed")
@@ -260,9 +268,7 @@ class Engine:
         if rule is not None and event is not None and rule.error_action is not None:
             payload = error_payload(rule.name, event, retry)
             delivery = Delivery(event, rule.name, payload, context(event), payload)
-            failure = await self._run_one(delivery, [rule.error_action], 0)
-            if failure is not None:
-                _, f = failure
+            for _, f in await self._run(delivery, [rule.error_action], [0]):
                 retry.failures.append(
                     Failure(f"error_action:{f.action}", f.resource, f.message, f.retryable)
                 )
@@ -287,7 +293,3 @@ def error_payload(rule: str, event: Event, retry: Retry) -> dict[str, Any]:
         "failures": [f.as_dict() for f in retry.failures],
         "payload": event.payload,
     }
-
-
-async def _gather(coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
-    return list(await asyncio.gather(*coros))
