@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 DecodeError = orjson.JSONDecodeError
+EncodeError = orjson.JSONEncodeError
 
 
 def loads(data: bytes | str) -> Any:

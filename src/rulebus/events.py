@@ -11,8 +11,10 @@ class Event:
     """One published event.
 
     ``payload`` is the decoded JSON value; it is decoded once at ingest and
-    shared (read-only) by every rule that sees the event. ``seq`` is the
-    bus's position, assigned when the event is durably appended.
+    shared (read-only) by every rule that sees the event. ``raw`` is its
+    encoding, made once where the event is made. ``seq`` is the bus's
+    position, assigned when the event is durably appended. ``hops`` stops
+    rules that publish into their own topic filter from looping for ever.
     """
 
     id: str
@@ -22,3 +24,8 @@ class Event:
     client_id: str | None = None
     principal: str | None = None
     seq: int = 0
+    raw: bytes | None = None
+    hops: int = 0  # how many rules published it on the way from its origin
+
+
+MAX_HOPS = 16

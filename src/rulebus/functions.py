@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rulebus import codec
 from rulebus.errors import ActionError, BadInput, RulebusError
 from rulebus.sql import validate_topic
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 CHUNK = 64  # sync calls per thread hop
 
+Published = tuple[str, Any, bytes]  # topic, payload, its encoding
 Handler = Callable[[Any, "FunctionContext"], Any]
 
 
@@ -57,14 +59,22 @@ class FunctionContext:
         self.rule = delivery.rule
         self.function = function
         self.log = log
-        self.published: list[tuple[str, Any]] = []
+        self.published: list[Published] = []
 
     def publish(self, topic: str, payload: Any) -> None:
+        """Publish ``payload`` (JSON-serialisable) to ``topic`` once the call returns.
+
+        Raises ValueError at once for an invalid topic or a payload that is not JSON.
+        """
         try:
             validate_topic(topic)
         except BadInput as exc:
             raise ValueError(exc.message) from None
-        self.published.append((topic, payload))
+        try:
+            raw = codec.dumps(payload)
+        except codec.EncodeError as exc:
+            raise ValueError(f"payload for {topic!r} is not JSON: {exc}") from None
+        self.published.append((topic, payload, raw))
 
 
 class FunctionHost:
@@ -77,8 +87,10 @@ class FunctionHost:
             name: inspect.iscoroutinefunction(handler) for name, handler in self._handlers.items()
         }
         self._limits = {name: asyncio.Semaphore(spec.concurrency) for name, spec in specs.items()}
-        workers = max((spec.concurrency for spec in specs.values()), default=1)
-        self._pool = ThreadPoolExecutor(max_workers=min(workers, 32), thread_name_prefix="fn")
+        # Enough threads for every function's concurrency at once, so one slow
+        # function never queues another's calls behind it.
+        workers = sum(spec.concurrency for spec in specs.values()) or 1
+        self._pool = ThreadPoolExecutor(max_workers=min(workers, 256), thread_name_prefix="fn")
         self._log = logging.getLogger("rulebus.functions")
 
     def close(self) -> None:
@@ -86,7 +98,7 @@ class FunctionHost:
 
     async def invoke_many(
         self, name: str, deliveries: Sequence[Delivery]
-    ) -> list[list[tuple[str, Any]] | Exception]:
+    ) -> list[list[Published] | Exception]:
         """Call the handler for each delivery; returns what each published, or its error."""
         if self._is_async[name]:
             return list(await asyncio.gather(*(self._call_async(name, d) for d in deliveries)))
@@ -96,7 +108,7 @@ class FunctionHost:
         results = await asyncio.gather(*(self._call_sync(name, chunk) for chunk in chunks))
         return [result for chunk in results for result in chunk]
 
-    async def _call_async(self, name: str, delivery: Delivery) -> list[tuple[str, Any]] | Exception:
+    async def _call_async(self, name: str, delivery: Delivery) -> list[Published] | Exception:
         spec = self._specs[name]
         ctx = FunctionContext(delivery, name, self._log.getChild(name))
         async with self._limits[name]:
@@ -104,13 +116,18 @@ class FunctionHost:
                 await asyncio.wait_for(self._handlers[name](delivery.output, ctx), spec.timeout)
             except TimeoutError:
                 return ActionError(f"function {name!r} timed out after {spec.timeout}s")
-            except Exception as exc:
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the engine itself is being cancelled
+                return ActionError(f"function {name!r} raised CancelledError")
+            except BaseException as exc:  # SystemExit from user code must not stop rulebus
                 return _raised(name, exc)
         return ctx.published
 
     async def _call_sync(
         self, name: str, chunk: Sequence[Delivery]
-    ) -> list[list[tuple[str, Any]] | Exception]:
+    ) -> list[list[Published] | Exception]:
         spec = self._specs[name]
         async with self._limits[name]:
             loop = asyncio.get_running_loop()
@@ -123,19 +140,17 @@ class FunctionHost:
                 error = ActionError(f"function {name!r} timed out after {spec.timeout}s")
                 return [error] * len(chunk)
 
-    def _run_chunk(
-        self, name: str, chunk: Sequence[Delivery]
-    ) -> list[list[tuple[str, Any]] | Exception]:
+    def _run_chunk(self, name: str, chunk: Sequence[Delivery]) -> list[list[Published] | Exception]:
         handler = self._handlers[name]
         timeout = self._specs[name].timeout
         log = self._log.getChild(name)
-        out: list[list[tuple[str, Any]] | Exception] = []
+        out: list[list[Published] | Exception] = []
         for delivery in chunk:
             ctx = FunctionContext(delivery, name, log)
             started = time.monotonic()
             try:
                 handler(delivery.output, ctx)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit from user code must not stop rulebus
                 out.append(_raised(name, exc))
                 continue
             if time.monotonic() - started > timeout:
@@ -145,7 +160,7 @@ class FunctionHost:
         return out
 
 
-def _raised(name: str, exc: Exception) -> Exception:
+def _raised(name: str, exc: BaseException) -> Exception:
     if isinstance(exc, ActionError):
         return exc
     return ActionError(f"function {name!r} raised {type(exc).__name__}: {exc}")

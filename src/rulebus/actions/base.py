@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from rulebus.backends.base import Appended, ObjectStore, TableStore
 from rulebus.errors import ActionError, SqlError
-from rulebus.events import Event
+from rulebus.events import MAX_HOPS, Event
 from rulebus.sql import EvalContext, Template, compile_template
 
 if TYPE_CHECKING:
@@ -54,6 +54,25 @@ class Delivery:
         does not publish its events twice.
         """
         return str(uuid.uuid5(_DERIVED, f"{self.event.id}/{self.rule}/{action_index}/{n}"))
+
+    def derive(self, action_index: int, n: int, topic: str, payload: Any, raw: bytes) -> Event:
+        """The n-th event an action publishes for this delivery."""
+        if self.event.hops >= MAX_HOPS:
+            raise ActionError(
+                f"event {self.event.id} has passed through {MAX_HOPS} rules; does a rule"
+                " publish into its own topic filter?",
+                retryable=False,
+            )
+        return Event(
+            id=self.derived_id(action_index, n),
+            topic=topic,
+            ts=self.event.ts,
+            payload=payload,
+            client_id=f"rule:{self.rule}",
+            principal=self.event.principal,
+            raw=raw,
+            hops=self.event.hops + 1,
+        )
 
 
 @dataclass

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from rulebus.actions.base import Action, Declared, Delivery, Services, reference
 from rulebus.actions.registry import register
+from rulebus.errors import ActionError
 from rulebus.events import Event
 from rulebus.template.options import Options
 
@@ -42,11 +43,15 @@ class FunctionAction(Action):
                 continue
             errors.append(None)
             if result:
+                try:
+                    events.extend(
+                        delivery.derive(index, n, topic, payload, raw)
+                        for n, (topic, payload, raw) in enumerate(result)
+                    )
+                except ActionError as exc:
+                    errors[i] = exc
+                    continue
                 publishers.append(i)
-                events.extend(
-                    delivery_event(delivery, index, n, topic, payload)
-                    for n, (topic, payload) in enumerate(result)
-                )
         if events:
             # Everything the batch published goes to the bus in one commit; if
             # that fails, every call that published is retried.
@@ -56,15 +61,3 @@ class FunctionAction(Action):
                 for i in publishers:
                     errors[i] = exc
         return errors
-
-
-def delivery_event(delivery: Delivery, index: int, n: int, topic: str, payload: object) -> Event:
-    """The n-th event a function published, with an id stable across retries."""
-    return Event(
-        id=delivery.derived_id(index, n),
-        topic=topic,
-        ts=delivery.event.ts,
-        payload=payload,
-        client_id=f"rule:{delivery.rule}",
-        principal=delivery.event.principal,
-    )

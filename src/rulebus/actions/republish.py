@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rulebus import codec
 from rulebus.actions.base import (
     Action,
     Declared,
@@ -12,7 +13,6 @@ from rulebus.actions.base import (
 )
 from rulebus.actions.registry import register
 from rulebus.errors import ActionError, BadInput
-from rulebus.events import Event
 from rulebus.sql import Template, validate_topic
 from rulebus.template.options import Options
 
@@ -40,12 +40,9 @@ class RepublishAction(Action):
             validate_topic(topic)
         except BadInput as exc:
             raise ActionError(exc.message, retryable=False) from None
-        event = Event(
-            id=delivery.derived_id(index),
-            topic=topic,
-            ts=delivery.event.ts,
-            payload=delivery.output,
-            client_id=f"rule:{delivery.rule}",
-            principal=delivery.event.principal,
-        )
+        try:
+            raw = codec.dumps(delivery.output)
+        except codec.EncodeError as exc:
+            raise ActionError(f"cannot encode the output: {exc}", retryable=False) from None
+        event = delivery.derive(index, 0, topic, delivery.output, raw)
         await services.publish([event])

@@ -20,6 +20,7 @@ from rulebus.template.model import RouteSpec
 MAX_BODY = 128 * 1024
 MAX_BATCH_BODY = 16 * 1024 * 1024
 MAX_BATCH_ITEMS = 1000
+MAX_DEPTH = 254  # what orjson will encode; deeper bodies are refused, not stored
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _FORBIDDEN_IN_LEVEL = re.compile(r"[/+#\x00]")
 
@@ -82,7 +83,7 @@ def route_event(route: RouteSpec, body: Any, client_id: str | None, ts: int) -> 
         body[route.id_field] = str(uuid.uuid4())
     id_ = event_id(body[route.id_field])
     topic = render_topic(route, body)
-    return Event(id_, topic, ts, body, client_id)
+    return Event(id_, topic, ts, body, client_id, raw=encode(body))
 
 
 def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
@@ -106,7 +107,22 @@ def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
 
 def topic_event(topic: str, body: Any, client_id: str | None, ts: int) -> Event:
     validate_topic(topic)
-    return Event(str(uuid.uuid4()), topic, ts, body, client_id)
+    return Event(str(uuid.uuid4()), topic, ts, body, client_id, raw=encode(body))
+
+
+def encode(payload: Any) -> bytes:
+    """The stored form of a payload, made once; also where size and depth are enforced."""
+    try:
+        raw = codec.dumps(payload)
+    except codec.EncodeError as exc:
+        raise BadInput(
+            f"cannot store this JSON: {exc} (at most {MAX_DEPTH} levels of nesting)"
+        ) from None
+    if len(raw) > MAX_BODY:
+        raise BadInput(
+            f"event of {len(raw)} bytes is over the limit of {MAX_BODY} bytes", status=413
+        )
+    return raw
 
 
 def _json_kind(value: Any) -> str:

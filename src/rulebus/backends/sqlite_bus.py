@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS events (
     ts INTEGER NOT NULL,
     payload BLOB NOT NULL,
     client_id TEXT,
-    principal TEXT
+    principal TEXT,
+    hops INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dispatch (
     one INTEGER PRIMARY KEY CHECK (one = 1),
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 """
 
-_COLUMNS = "seq, id, topic, ts, payload, client_id, principal"
+_COLUMNS = "seq, id, topic, ts, payload, client_id, principal, hops"
 
 # Events appended by this process are kept decoded for the dispatcher, so the
 # hot path never decodes a payload twice. Bounded: past it, the dispatcher
@@ -68,8 +69,8 @@ TAIL_CACHE_LIMIT = 20_000
 
 
 def _row_event(row: tuple[Any, ...]) -> Event:
-    seq, id_, topic, ts, payload, client_id, principal = row
-    return Event(id_, topic, ts, codec.loads(payload), client_id, principal, seq)
+    seq, id_, topic, ts, payload, client_id, principal, hops = row
+    return Event(id_, topic, ts, codec.loads(payload), client_id, principal, seq, hops=hops)
 
 
 def _failures_json(failures: Sequence[Failure]) -> bytes:
@@ -123,15 +124,17 @@ class SqliteBus:
 
     async def append(self, events: Sequence[Event]) -> list[Appended]:
         rows = [
-            (e.id, e.topic, e.ts, codec.dumps(e.payload), e.client_id, e.principal) for e in events
+            (e.id, e.topic, e.ts, e.raw or codec.dumps(e.payload), e.client_id, e.principal)
+            for e in events
         ]
 
         def work(conn: sqlite3.Connection) -> list[Appended]:
             out = []
             for row in rows:
                 cur = conn.execute(
-                    "INSERT OR IGNORE INTO events (id, topic, ts, payload, client_id, principal)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO events"
+                    " (id, topic, ts, payload, client_id, principal, hops)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
                 if cur.rowcount:

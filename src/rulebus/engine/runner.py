@@ -84,7 +84,7 @@ class Engine:
         # Up to WINDOW batches are delivered at once, so a slow action in one
         # batch does not idle the rest; their state is recorded in log order,
         # so the dispatch position never passes an unfinished batch.
-        inflight: deque[tuple[int, asyncio.Task[list[Retry]]]] = deque()
+        inflight: deque[tuple[list[Event], asyncio.Task[list[Retry]]]] = deque()
         read_to = self.dispatched
         idle = MIN_POLL
         while not self._stopping.is_set() or inflight:
@@ -96,7 +96,7 @@ class Engine:
                 continue
             events = await self.bus.read(read_to, BATCH_SIZE)
             if events:
-                inflight.append((events[-1].seq, asyncio.create_task(self._deliver(events))))
+                inflight.append((events, asyncio.create_task(self._deliver(events))))
                 read_to = events[-1].seq
                 idle = MIN_POLL
                 continue
@@ -115,8 +115,9 @@ class Engine:
                 if not (inflight and future is inflight[0][1]):
                     future.cancel()
 
-    async def _record(self, seq: int, task: asyncio.Task[list[Retry]]) -> None:
+    async def _record(self, events: list[Event], task: asyncio.Task[list[Retry]]) -> None:
         """Make a delivered batch's outcome durable and move the dispatch position past it."""
+        seq = events[-1].seq
         while True:
             try:
                 retries = await task
@@ -125,10 +126,12 @@ class Engine:
                 self.dispatched = seq
                 return
             except Exception:
-                # Storage trouble: nothing was recorded, so keep trying rather
-                # than move on; a restart re-delivers the batch anyway.
-                log.exception("recording dispatch up to event %d failed; retrying", seq)
+                # Nothing was recorded, so the batch is not lost: deliver it
+                # again after a pause (actions are idempotent per delivery).
+                log.exception("delivering events up to %d failed; delivering them again", seq)
                 await asyncio.sleep(1)
+                if task.exception() is not None:
+                    task = asyncio.create_task(self._deliver(events))
 
     async def _deliver(self, events: list[Event]) -> list[Retry]:
         """Evaluate and deliver a batch; returns the deliveries that need a retry."""
@@ -144,11 +147,9 @@ class Engine:
             for rule in rules:
                 if event.seq <= starts[rule.name]:
                     continue
-                try:
-                    output = rule.compiled.evaluate(event.payload, ctx)
-                except RulebusError as exc:
-                    failure = Failure("sql", rule.name, str(exc), retryable=False)
-                    retries.append(Retry(event.seq, rule.name, 1, now, [], [failure]))
+                output = evaluate(rule, event, ctx)
+                if isinstance(output, Failure):
+                    retries.append(Retry(event.seq, rule.name, 1, now, [], [output]))
                     continue
                 if output is not NO_MATCH:
                     group = groups.get(rule.name)
@@ -161,7 +162,7 @@ class Engine:
         owners = []
         for rule, deliveries in groups.values():
             for index, action in enumerate(rule.actions):
-                jobs.append(action.run_many(deliveries, index, self.services))
+                jobs.append(run_many(action, deliveries, index, self.services))
                 owners.append((rule, index, deliveries))
         failed: dict[int, tuple[RuleSpec, Delivery, list[tuple[int, Failure]]]] = {}
         for (rule, index, deliveries), errors in zip(
@@ -183,11 +184,13 @@ class Engine:
         failed: list[tuple[int, Failure]],
         now: float,
     ) -> Retry:
+        final = attempts >= rule.retry.attempts or any(not f.retryable for _, f in failed)
         return Retry(
             seq,
             rule.name,
             attempts,
-            now + backoff(rule.retry, attempts),
+            # A delivery that will not be tried again goes to its error action now.
+            now if final else now + backoff(rule.retry, attempts),
             [index for index, _ in failed],
             [failure for _, failure in failed],
         )
@@ -197,7 +200,7 @@ class Engine:
     ) -> list[tuple[int, Failure]]:
         """Run the given actions of one delivery; returns the ones that failed."""
         results = await asyncio.gather(
-            *(actions[i].run_many([delivery], i, self.services) for i in indices)
+            *(run_many(actions[i], [delivery], i, self.services) for i in indices)
         )
         return [
             (i, self._failure(actions[i], delivery, errors[0]))
@@ -220,8 +223,19 @@ class Engine:
             try:
                 due = await self.bus.due_retries(time.time(), 64)
                 if due:
-                    await asyncio.gather(*(self._retry_one(r) for r in due))
-                    continue
+                    results = await asyncio.gather(
+                        *(self._retry_one(r) for r in due), return_exceptions=True
+                    )
+                    for retry, result in zip(due, results, strict=True):
+                        if isinstance(result, Exception):
+                            log.error(
+                                "retrying event %d for rule %s failed",
+                                retry.seq,
+                                retry.rule,
+                                exc_info=result,
+                            )
+                    if not any(isinstance(r, Exception) for r in results):
+                        continue
             except Exception:
                 log.exception("retrying deliveries failed")
             with contextlib.suppress(TimeoutError):
@@ -239,10 +253,9 @@ class Engine:
             await self._give_up(retry, rule, event)
             return
         ctx = context(event)
-        try:
-            output = rule.compiled.evaluate(event.payload, ctx)
-        except RulebusError as exc:
-            retry.failures = [Failure("sql", rule.name, str(exc), retryable=False)]
+        output = evaluate(rule, event, ctx)
+        if isinstance(output, Failure):
+            retry.failures = [output]
             await self._give_up(retry, rule, event)
             return
         if output is NO_MATCH:
@@ -250,7 +263,8 @@ class Engine:
             await self.bus.delete_retry(retry.seq, retry.rule)
             return
         delivery = Delivery(event, rule.name, output, ctx, event.payload)
-        indices = retry.actions or range(len(rule.actions))
+        # The app may have changed since the failure: retry what still exists.
+        indices = [i for i in retry.actions if i < len(rule.actions)] or range(len(rule.actions))
         failed = await self._run(delivery, rule.actions, list(indices))
         await self.services.objects.flush()
         if not failed:
@@ -279,6 +293,25 @@ class Engine:
             "; ".join(f.message for f in retry.failures),
         )
         await self.bus.dead_letter(retry)
+
+
+def evaluate(rule: RuleSpec, event: Event, ctx: EvalContext) -> Any:
+    """The rule's output for an event, NO_MATCH, or the Failure that stops it for good."""
+    try:
+        return rule.compiled.evaluate(event.payload, ctx)
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, RulebusError) else f"{type(exc).__name__}: {exc}"
+        return Failure("sql", rule.name, message, retryable=False)
+
+
+async def run_many(
+    action: Action, deliveries: Sequence[Delivery], index: int, services: Services
+) -> list[Exception | None]:
+    """An action's ``run_many`` that reports its own crash as every delivery's error."""
+    try:
+        return await action.run_many(deliveries, index, services)
+    except Exception as exc:
+        return [exc] * len(deliveries)
 
 
 def error_payload(rule: str, event: Event, retry: Retry) -> dict[str, Any]:

@@ -231,9 +231,7 @@ def _template_error(spec: Options, key: str, message: str, line: int | None) -> 
     return TemplateError(message, file=spec.source.file, line=line, key=dotted((*spec.path, key)))
 
 
-def _action(
-    spec: Options, rel: tuple[str | int, ...], item: object, declared: Declared
-) -> Action:
+def _action(spec: Options, rel: tuple[str | int, ...], item: object, declared: Declared) -> Action:
     path = (*spec.path, *rel)
     kind, body = _single_key(spec.source, path, item, registry.kinds(), "action")
     opts = Options(spec.source, (*path, kind), body)
