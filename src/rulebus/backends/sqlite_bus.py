@@ -124,7 +124,7 @@ class SqliteBus:
 
     async def append(self, events: Sequence[Event]) -> list[Appended]:
         rows = [
-            (e.id, e.topic, e.ts, e.raw or codec.dumps(e.payload), e.client_id, e.principal)
+            (e.id, e.topic, e.ts, e.raw or codec.dumps(e.payload), e.client_id, e.principal, e.hops)
             for e in events
         ]
 
