@@ -327,7 +327,7 @@ class SqliteBus:
             rows = conn.execute(f"SELECT id, seq, rule FROM dead_letters{where}", params).fetchall()
             conn.executemany(
                 "INSERT OR REPLACE INTO retries (seq, rule, attempts, due_at, actions, failures)"
-                " VALUES (?, ?, 0, ?, 'null', '[]')",
+                " VALUES (?, ?, 0, ?, '[]', '[]')",
                 [(seq, rule, now) for _, seq, rule in rows],
             )
             conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
