@@ -72,6 +72,51 @@ def test_the_exchange_example_checks_clean() -> None:
             "expected a list of actions",
         ),
         ("tables: [\n", 2, "(yaml)", "invalid YAML"),
+        ("tables: &a\n  t: *a\n", 2, "(yaml)", "aliases"),
+        (
+            GOOD.replace("    key: [id]\n", "    key: [id]\n  Events:\n    key: [id]\n", 1),
+            4,
+            "tables.Events",
+            "not case-sensitive",
+        ),
+        (GOOD.replace("key: [id]", "key: [id, ID]"), 3, "tables.events.key", "repeat"),
+        (
+            GOOD + "api:\n  routes:\n    - {path: /e, topic: 'event/+/${type}'}\n",
+            11,
+            "api.routes[0].topic",
+            "wildcards",
+        ),
+        (
+            GOOD + "api:\n  routes:\n    - {path: /healthz, topic: e}\n",
+            11,
+            "api.routes[0].path",
+            "already taken",
+        ),
+        (
+            GOOD.replace("- table: {name: events}", '- object: {bucket: bk1, key: "../${id}"}')
+            + "buckets: [bk1]\n",
+            8,
+            "rules.archive.actions[0].object.key",
+            "'..'",
+        ),
+        (
+            GOOD.replace("- table: {name: events}", "- republish: {topic: event/x}"),
+            8,
+            "rules.archive.actions[0].republish.topic",
+            "every event would loop",
+        ),
+        (
+            GOOD + "notifications:\n  n:\n    subscribers:\n      - webhook: {url: 'http://'}\n",
+            12,
+            "notifications.n.subscribers[0].webhook.url",
+            "with a host",
+        ),
+        (
+            GOOD + "retry: {backoff: 5s, max_backoff: 1s}\n",
+            9,
+            "retry.max_backoff",
+            "shorter than backoff",
+        ),
     ],
 )
 def test_errors_name_file_line_and_key(
@@ -92,3 +137,24 @@ def test_a_missing_app_file_is_one_line(tmp_path: Path) -> None:
     result = cli("check", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'rulebus.yaml'}: (file): file not found"
+
+
+def test_a_nul_byte_in_the_file_is_one_line(tmp_path: Path) -> None:
+    """Unreadable YAML is an error with a position, not a traceback."""
+    (tmp_path / "rulebus.yaml").write_bytes(GOOD.encode() + b"x: \x00\n")
+    result = cli("check", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'rulebus.yaml'}")
+    assert "invalid YAML" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unset_secret_variable_is_a_warning(tmp_path: Path) -> None:
+    """A webhook that would go out unsigned is valid, but check says so."""
+    app = write(
+        tmp_path,
+        GOOD + "notifications:\n  n:\n    subscribers:\n      - webhook:"
+        " {url: 'http://127.0.0.1:9/h', secret_env: RULEBUS_TEST_UNSET_SECRET}\n",
+    )
+    result = cli("check", str(app))
+    assert result.returncode == 0
+    assert "RULEBUS_TEST_UNSET_SECRET is not set" in result.stderr

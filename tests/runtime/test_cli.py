@@ -15,6 +15,10 @@ from tests.runtime.helpers import EXCHANGE, Server, cli
         (("table", "scan", "nosuch"), "error: no table named 'nosuch'"),
         (("bucket", "ls", "nosuch"), "error: no bucket named 'nosuch'"),
         (("bucket", "ls", "Bad/Name"), "error: invalid bucket name"),
+        (("publish", "a/b", "\udcff"), "error: invalid JSON"),
+        (("up", "examples/exchange", "--port", "70000"), "error: Invalid value for '--port'"),
+        (("frobnicate",), "error: No such command 'frobnicate'"),
+        (("table", "scan"), "error: Missing argument 'NAME'"),
     ],
 )
 def test_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

@@ -20,6 +20,11 @@ from tests.runtime.helpers import Server, scan, wait_until
         (b'{"type": ""}', 400, "invalid topic level ''"),
         (b'{"type": "$SYS"}', 400, "invalid topic level '$SYS'"),
         (b'{"type": "buy\\u0000"}', 400, "invalid topic level"),
+        (b'{"type": "buy\\n"}', 400, "invalid topic level"),
+        (b'{"type": "a b"}', 400, "invalid topic level"),
+        (b'{"type": "a.b"}', 400, "invalid topic level"),
+        (b'{"type": {"a": 1}}', 400, "invalid topic level"),
+        (b'{"type": "' + b"x" * 200 + b'"}', 400, "invalid topic level"),
         (b'{"type": "buy", "id": "../../etc/passwd"}', 400, "invalid id"),
         (b'{"type": "buy", "id": 42}', 400, "invalid id"),
         (b'{"type": "buy", "id": "a/b"}', 400, "invalid id"),
@@ -79,3 +84,26 @@ def test_nothing_from_rejected_requests_reaches_the_table(exchange: Server) -> N
     exchange.post("/event", {"type": "sell", "id": "ok-1"})
     wait_until(exchange.idle, what="pipeline")
     assert [row["id"] for row in scan("events", exchange.data_dir)] == ["ok-1"]
+
+
+def test_a_topic_level_from_the_body_may_be_any_word(exchange: Server) -> None:
+    """Letters of any script, digits and a few separators make a level."""
+    response = exchange.post("/event", {"type": "käufe-2024_Q1"})
+    assert response.status_code == 202
+    assert response.json()["topic"] == "event/käufe-2024_Q1"
+
+
+def test_nesting_too_deep_to_store_is_a_400_not_a_500(exchange: Server) -> None:
+    """Bodies that decode but nest deeper than the store's 254 levels are refused cleanly."""
+    body = b'{"type": "buy", "x": ' + b"[" * 300 + b"]" * 300 + b"}"
+    response = exchange.post("/event", content=body)
+    assert response.status_code == 400
+    assert "at most 254 levels" in response.json()["error"]
+
+
+def test_each_event_of_a_batch_is_held_to_the_single_event_limit(exchange: Server) -> None:
+    """A batch cannot smuggle in an event bigger than POST /event would take."""
+    big = {"type": "sell", "pad": "x" * (128 * 1024)}
+    response = exchange.post("/events", [{"type": "sell"}, big])
+    assert response.status_code == 207
+    assert response.json()["results"][1]["status"] == 413

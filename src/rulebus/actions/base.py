@@ -98,6 +98,10 @@ class Action(ABC):
     kind: ClassVar[str]
     resource: str = ""
 
+    def publishes_to(self) -> str | None:
+        """The topic this action always publishes to, if it publishes to a constant one."""
+        return None
+
     @classmethod
     @abstractmethod
     def from_options(cls, opts: Options, declared: Declared) -> Action: ...

@@ -17,8 +17,8 @@ from rulebus.actions.base import (
 from rulebus.actions.registry import register
 from rulebus.backends.fs_objects import validate_key
 from rulebus.errors import ActionError, BadInput
-from rulebus.sql import EvalContext, Template
-from rulebus.template.options import Options
+from rulebus.sql import Template
+from rulebus.template.options import Options, constant_shape
 
 
 @register
@@ -37,11 +37,11 @@ class ObjectAction(Action):
         bucket = reference(opts, "bucket", declared.buckets, "bucket")
         key = template_option(opts, "key")
         assert key is not None
-        if key.is_constant:
-            try:
-                validate_key(key.render({}, EvalContext(topic="")))
-            except BadInput as exc:
-                opts.fail("key", exc.message)
+        shape = constant_shape(opts.value["key"])
+        try:
+            validate_key(shape)
+        except BadInput as exc:
+            opts.fail("key", exc.message.replace(repr(shape), repr(opts.value["key"])))
         return cls(bucket, key)
 
     async def run(self, delivery: Delivery, index: int, services: Services) -> None:

@@ -14,7 +14,7 @@ from rulebus.actions.base import (
 from rulebus.actions.registry import register
 from rulebus.errors import ActionError, BadInput
 from rulebus.sql import Template, validate_topic
-from rulebus.template.options import Options
+from rulebus.template.options import Options, check_topic_template
 
 
 @register
@@ -32,7 +32,11 @@ class RepublishAction(Action):
     def from_options(cls, opts: Options, declared: Declared) -> Action:
         topic = template_option(opts, "topic")
         assert topic is not None
+        check_topic_template(opts, "topic", opts.value["topic"])
         return cls(topic, opts.value["topic"])
+
+    def publishes_to(self) -> str | None:
+        return self.resource if self.topic.is_constant else None
 
     async def run(self, delivery: Delivery, index: int, services: Services) -> None:
         topic = render(self.topic, delivery, "topic")

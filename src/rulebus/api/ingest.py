@@ -22,7 +22,10 @@ MAX_BATCH_BODY = 16 * 1024 * 1024
 MAX_BATCH_ITEMS = 1000
 MAX_DEPTH = 254  # what orjson will encode; deeper bodies are refused, not stored
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_FORBIDDEN_IN_LEVEL = re.compile(r"[/+#\x00]")
+# A topic level taken from a body is one word: letters and digits of any
+# script, '_', '-', ':', '@', '=', '~'. No separators or wildcards (MQTT's or
+# NATS's), no spaces, control characters or JSON structure.
+_LEVEL = re.compile(r"[\w:@=~-]{1,128}")
 
 
 def now_ms() -> int:
@@ -96,10 +99,10 @@ def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
             continue
         # A value from the body must stay one level: no separator, no
         # wildcard, nothing empty and nothing reserved.
-        if not level or _FORBIDDEN_IN_LEVEL.search(level) or level.startswith("$"):
+        if not _LEVEL.fullmatch(level):
             raise BadInput(
-                f"invalid topic level {level!r} from the body: a level must be non-empty and"
-                " contain no '/', '+', '#' or NUL, and not start with '$'"
+                f"invalid topic level {level[:140]!r} from the body: expected 1-128 letters,"
+                " digits, '_', '-', ':', '@', '=' or '~'"
             )
         levels.append(level)
     return validate_topic("/".join(levels))

@@ -135,6 +135,7 @@ class FileObjectStore:
         self._syncfs = _syncfs()
         self._buckets: dict[str, Path] = {}
         self._writer = _FileWriter(self._write)
+        self._flushing = asyncio.Lock()
 
     async def open(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -174,7 +175,7 @@ class FileObjectStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename: a reader never sees half an object, and a crash
         # leaves either the old object or the new one.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with open(tmp, "wb") as f:
             f.write(body)
         os.replace(tmp, path)
@@ -201,10 +202,17 @@ class FileObjectStore:
         return errors
 
     async def flush(self) -> None:
-        if not self._dirty:
-            return
-        dirty, self._dirty = self._dirty, set()
-        await asyncio.to_thread(self._sync, dirty)
+        # Under the lock, a flush that finds nothing dirty because another
+        # flush took the paths still returns only after that one has synced.
+        async with self._flushing:
+            if not self._dirty:
+                return
+            dirty, self._dirty = self._dirty, set()
+            try:
+                await asyncio.to_thread(self._sync, dirty)
+            except BaseException:
+                self._dirty |= dirty
+                raise
 
     def _sync(self, paths: set[Path]) -> None:
         # One syncfs per batch of deliveries is far cheaper than an fsync per
@@ -212,7 +220,9 @@ class FileObjectStore:
         if self._syncfs is not None:
             fd = os.open(self.root, os.O_RDONLY)
             try:
-                self._syncfs(fd)  # type: ignore[operator]
+                if self._syncfs(fd) != 0:  # type: ignore[operator]
+                    errno = ctypes.get_errno()
+                    raise OSError(errno, f"syncfs: {os.strerror(errno)}")
             finally:
                 os.close(fd)
             return
@@ -228,7 +238,7 @@ class FileObjectStore:
         path = self._path(bucket, key)
         try:
             return path.read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no object {key!r} in bucket {bucket!r}") from None
 
     async def list(self, bucket: str, prefix: str = "") -> AsyncIterator[str]:

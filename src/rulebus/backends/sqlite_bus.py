@@ -101,6 +101,7 @@ class SqliteBus:
         self._writer = GroupCommitWriter(path, name="bus-writer")
         self._reader: sqlite3.Connection | None = None
         self._tail: dict[int, Event] = {}
+        self._read_to = 0  # the highest position read() has returned
         self._appended = asyncio.Event()
 
     async def open(self) -> None:
@@ -149,7 +150,8 @@ class SqliteBus:
         results = await self._writer.submit(work)
         if len(self._tail) < self._cache_limit:
             for event, result in zip(events, results, strict=True):
-                if not result.duplicate:
+                # The dispatcher may have read it from the log already.
+                if not result.duplicate and result.seq > self._read_to:
                     event.seq = result.seq
                     self._tail[result.seq] = event
         self._appended.set()
@@ -173,6 +175,7 @@ class SqliteBus:
             out.append(event)
             seq += 1
         if out:
+            self._read_to = max(self._read_to, out[-1].seq)
             return out
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -180,6 +183,8 @@ class SqliteBus:
         ).fetchall()
         for row in rows:
             tail.pop(row[0], None)
+        if rows:
+            self._read_to = max(self._read_to, rows[-1][0])
         return [_row_event(row) for row in rows]
 
     async def wait_for_events(self, after_seq: int, timeout: float) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,27 @@ def exit_code(exc: RulebusError) -> int:
 class Group(click.Group):
     """A group whose commands turn rulebus errors into ``error: …`` and an exit code."""
 
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        **extra: Any,
+    ) -> Any:
+        # click's own usage errors span several lines; ours are one.
+        extra.pop("standalone_mode", None)
+        try:
+            result = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -39,6 +62,20 @@ class Group(click.Group):
             sys.exit(exit_code(exc))
         except KeyboardInterrupt:
             sys.exit(130)
+        except sqlite3.Error as exc:
+            click.echo(f"error: database: {exc}", err=True)
+            sys.exit(1)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:
+            if os.environ.get("RULEBUS_DEBUG"):
+                raise
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {exc} (RULEBUS_DEBUG=1 shows the"
+                " traceback)",
+                err=True,
+            )
+            sys.exit(1)
 
 
 def require_data_dir(data_dir: Path) -> Path:

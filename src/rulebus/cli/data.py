@@ -40,7 +40,9 @@ def _with_stores(data_dir: Path, work: Callable[..., Awaitable[T]]) -> T:
 @data_dir_option
 def publish(topic: str, payload: str, data_dir: Path) -> None:
     """Publish one JSON event to TOPIC (a running app picks it up)."""
-    event = topic_event(topic, decode(payload.encode()), "cli", now_ms())
+    # Arguments that are not UTF-8 arrive as surrogates; keep the bytes so the
+    # JSON decoder reports them.
+    event = topic_event(topic, decode(payload.encode("utf-8", "surrogateescape")), "cli", now_ms())
     data_dir.mkdir(parents=True, exist_ok=True)
 
     async def work(bus: Any, tables: Any, objects: Any) -> None:

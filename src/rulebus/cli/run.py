@@ -40,6 +40,8 @@ def check(app_dir: Path) -> None:
     """Validate an app folder and print what it declares."""
     app = load_app(app_dir)
     click.echo(f"{app.file}: ok")
+    for warning in app.warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"  tables:        {', '.join(app.tables) or '-'}")
     click.echo(f"  buckets:       {', '.join(app.buckets) or '-'}")
     click.echo(f"  notifications: {', '.join(_subscribers(app)) or '-'}")
@@ -65,7 +67,13 @@ def _subscribers(app: App) -> list[str]:
 @app_argument
 @data_dir_option
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int, help="0 picks a free port.")
+@click.option(
+    "--port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="0 picks a free port.",
+)
 @click.option(
     "--single-process",
     is_flag=True,

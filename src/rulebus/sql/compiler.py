@@ -26,6 +26,8 @@ from rulebus.sql.types import (
     arithmetic,
     contains,
     equals,
+    finish_2015,
+    finish_2016,
     negate,
     not_equals,
     ordering_operand,
@@ -45,6 +47,7 @@ _ORDERING: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
 }
+_ARITHMETIC = frozenset({"+", "-", "*", "/", "%"})
 _FLIPPED = {">": "<", ">=": "<=", "<": ">", "<=": ">=", "=": "=", "<>": "<>"}
 _CAST_TYPES = {
     "string": V2015,
@@ -61,6 +64,11 @@ _CAST_TYPES = {
 }
 
 Step = str | int
+
+#: How deeply expressions may nest (calls in calls, parenthesised right operands,
+#: NOT NOT ..., long a.b.c paths). Chains of AND, OR and arithmetic at one level,
+#: such as 500 OR terms, do not count: they compile to loops.
+MAX_DEPTH = 100
 
 
 @dataclass(slots=True)
@@ -130,6 +138,7 @@ class Compiler:
         self.version = version
         self.variables = variables
         self.alias: str | None = None
+        self.depth = 0
 
     def error(self, message: str, pos: ast.Pos) -> SqlError:
         """A compile error at ``pos``."""
@@ -142,8 +151,17 @@ class Compiler:
     def expr(self, node: ast.Expr) -> Code:
         """Compile ``node`` to a value-returning closure."""
         method = getattr(self, "_" + type(node).__name__.lower())
-        code: Code = method(node)
+        self._enter(node.pos)
+        try:
+            code: Code = method(node)
+        finally:
+            self.depth -= 1
         return code
+
+    def _enter(self, pos: ast.Pos) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"expression is nested too deeply (more than {MAX_DEPTH} levels)", pos)
 
     def _literal(self, node: ast.Literal) -> Code:
         return _constant(self._finish_number(node.value))
@@ -203,8 +221,10 @@ class Compiler:
         return Code(lambda doc, ctx, variables: negate(get(doc, ctx, variables)))
 
     def _binary(self, node: ast.Binary) -> Code:
-        left, right = self.expr(node.left), self.expr(node.right)
         op = node.op
+        if op in _ARITHMETIC:
+            return self._arithmetic_chain(node)
+        left, right = self.expr(node.left), self.expr(node.right)
         if op in _ORDERING:
             fn = self._ordering(op, left.fn, right.fn)
         elif op == "=":
@@ -217,8 +237,54 @@ class Compiler:
 
     def _fold(self, fn: Fn, *operands: Code) -> Code:
         if all(o.const is not _NOT_CONST for o in operands):
-            return _constant(fn(None, None, None))
+            try:
+                return _constant(fn(None, None, None))
+            except Exception:
+                return Code(fn)
         return Code(fn)
+
+    def _arithmetic_chain(self, node: ast.Binary) -> Code:
+        # `a + b - c * d` is a left-deep spine of Binary nodes; compile it as a loop
+        # over its operands, so that 500 terms need no recursion.
+        tail: list[tuple[str, ast.Expr]] = []
+        head: ast.Expr = node
+        while isinstance(head, ast.Binary) and head.op in _ARITHMETIC:
+            tail.append((head.op, head.right))
+            head = head.left
+        tail.reverse()
+        first = self.expr(head)
+        steps = [(op, self.expr(operand)) for op, operand in tail]
+        # Fold a constant prefix: `1 + 2 + x` is `3 + x`.
+        while steps and first.const is not _NOT_CONST and steps[0][1].const is not _NOT_CONST:
+            op, operand = steps.pop(0)
+            first = self._fold(self._arithmetic(op, first.fn, operand.fn), first, operand)
+        if not steps:
+            return first
+        if len(steps) == 1:
+            op, operand = steps[0]
+            return self._fold(self._arithmetic(op, first.fn, operand.fn), first, operand)
+        get_first = first.fn
+        rest = tuple((op, operand.fn) for op, operand in steps)
+        finish = whole_to_int if self.version != V2015 else _identity
+
+        def chain(doc: Any, ctx: Any, variables: Any) -> Any:
+            value = get_first(doc, ctx, variables)
+            for op, get in rest:
+                value = finish(arithmetic(op, value, get(doc, ctx, variables)))
+            return value
+
+        return Code(chain)
+
+    @staticmethod
+    def _spine(node: ast.Expr, kind: type[ast.And] | type[ast.Or]) -> list[ast.Expr]:
+        """The operands of a left-deep chain ``a OR b OR c`` (or AND), in order."""
+        right: list[ast.Expr] = []
+        while isinstance(node, kind):
+            right.append(node.right)
+            node = node.left
+        right.append(node)
+        right.reverse()
+        return right
 
     @staticmethod
     def _pair(function: Callable[[Any, Any], Any], left: Fn, right: Fn) -> Fn:
@@ -251,7 +317,22 @@ class Compiler:
         )
 
     def _and(self, node: ast.And) -> Code:
-        left, right = self.expr(node.left), self.expr(node.right)
+        operands = [self.expr(o) for o in self._spine(node, ast.And)]
+        if len(operands) > 2:
+            getters = tuple(o.fn for o in operands)
+
+            def and_all(doc: Any, ctx: Any, variables: Any) -> Any:
+                result: Any = True
+                for get in getters:
+                    value = to_boolean(get(doc, ctx, variables))
+                    if value is False:
+                        return False
+                    if value is UNDEFINED:
+                        result = UNDEFINED
+                return result
+
+            return self._fold(and_all, *operands)
+        left, right = operands
         get_left, get_right = left.fn, right.fn
 
         # Three-valued, like SQL's NULL: false AND Undefined is false, true AND
@@ -269,7 +350,22 @@ class Compiler:
         return self._fold(and_, left, right)
 
     def _or(self, node: ast.Or) -> Code:
-        left, right = self.expr(node.left), self.expr(node.right)
+        operands = [self.expr(o) for o in self._spine(node, ast.Or)]
+        if len(operands) > 2:
+            getters = tuple(o.fn for o in operands)
+
+            def or_all(doc: Any, ctx: Any, variables: Any) -> Any:
+                result: Any = False
+                for get in getters:
+                    value = to_boolean(get(doc, ctx, variables))
+                    if value is True:
+                        return True
+                    if value is UNDEFINED:
+                        result = UNDEFINED
+                return result
+
+            return self._fold(or_all, *operands)
+        left, right = operands
         get_left, get_right = left.fn, right.fn
 
         def or_(doc: Any, ctx: Any, variables: Any) -> Any:
@@ -387,7 +483,10 @@ class Compiler:
         if function.since == V2016:
             self._require_v2016(f"{name}() and its kind", node.pos)
         args = tuple(self.expr(arg) for arg in node.args)
-        fn = self._call_closure(function.impl, tuple(a.fn for a in args), function.context)
+        impl = function.impl
+        if function.literal_impl is not None and len(args) > 1 and args[1].const is not _NOT_CONST:
+            impl = function.literal_impl
+        fn = self._call_closure(impl, tuple(a.fn for a in args), function.context)
         if function.pure and not function.context:
             return self._fold(fn, *args)
         return Code(fn)
@@ -410,29 +509,74 @@ class Compiler:
         return f"unknown function '{name}'{hint}"
 
     def _call_closure(self, impl: Callable[..., Any], args: tuple[Fn, ...], context: bool) -> Fn:
-        # One closure per arity, with the 2016-03-23 whole-number rule folded in, so
-        # that a call costs one Python frame plus the function itself.
-        finish = whole_to_int if self.version != V2015 else _identity
+        # One closure per arity, with the version's result rule folded in, so that a
+        # call costs one Python frame plus the function itself. This is the one
+        # boundary where a function's unexpected exception (a pathological argument)
+        # becomes Undefined, as AWS answers for arguments a function cannot handle;
+        # `try` costs nothing in CPython 3.11+ until something is raised.
+        finish = finish_2016 if self.version != V2015 else finish_2015
         if context:
-            return lambda doc, ctx, variables: finish(
-                impl(ctx, *[a(doc, ctx, variables) for a in args])
-            )
+
+            def call_ctx(doc: Any, ctx: Any, variables: Any) -> Any:
+                try:
+                    return finish(impl(ctx, *[a(doc, ctx, variables) for a in args]))
+                except Exception:
+                    return UNDEFINED
+
+            return call_ctx
         if len(args) == 0:
-            return lambda doc, ctx, variables: finish(impl())
+
+            def call0(doc: Any, ctx: Any, variables: Any) -> Any:
+                try:
+                    return finish(impl())
+                except Exception:
+                    return UNDEFINED
+
+            return call0
         if len(args) == 1:
             (a0,) = args
-            return lambda doc, ctx, variables: finish(impl(a0(doc, ctx, variables)))
+
+            def call1(doc: Any, ctx: Any, variables: Any) -> Any:
+                try:
+                    return finish(impl(a0(doc, ctx, variables)))
+                except Exception:
+                    return UNDEFINED
+
+            return call1
         if len(args) == 2:
             a0, a1 = args
-            return lambda doc, ctx, variables: finish(
-                impl(a0(doc, ctx, variables), a1(doc, ctx, variables))
-            )
+
+            def call2(doc: Any, ctx: Any, variables: Any) -> Any:
+                try:
+                    return finish(impl(a0(doc, ctx, variables), a1(doc, ctx, variables)))
+                except Exception:
+                    return UNDEFINED
+
+            return call2
         if len(args) == 3:
             a0, a1, a2 = args
-            return lambda doc, ctx, variables: finish(
-                impl(a0(doc, ctx, variables), a1(doc, ctx, variables), a2(doc, ctx, variables))
-            )
-        return lambda doc, ctx, variables: finish(impl(*[a(doc, ctx, variables) for a in args]))
+
+            def call3(doc: Any, ctx: Any, variables: Any) -> Any:
+                try:
+                    return finish(
+                        impl(
+                            a0(doc, ctx, variables),
+                            a1(doc, ctx, variables),
+                            a2(doc, ctx, variables),
+                        )
+                    )
+                except Exception:
+                    return UNDEFINED
+
+            return call3
+
+        def call_n(doc: Any, ctx: Any, variables: Any) -> Any:
+            try:
+                return finish(impl(*[a(doc, ctx, variables) for a in args]))
+            except Exception:
+                return UNDEFINED
+
+        return call_n
 
     def _subquery(self, node: ast.Subquery) -> Code:
         self._require_v2016("nested object queries", node.pos)
@@ -441,6 +585,7 @@ class Compiler:
         source = self.expr(node.source).fn
         inner = Compiler(self.text, self.version, self.variables)
         inner.alias = node.alias
+        inner.depth = self.depth
         where = inner.predicate(node.where) if node.where is not None else None
         project = compile_select(inner, node.select, nested=True)
 
@@ -467,16 +612,29 @@ class Compiler:
     # Conditions.
     def predicate(self, node: ast.Expr) -> Predicate:
         """Compile a WHERE condition to a closure that returns whether it fires."""
-        if isinstance(node, ast.And):
-            left, right = self.predicate(node.left), self.predicate(node.right)
-            return lambda doc, ctx, variables: (
-                left(doc, ctx, variables) and right(doc, ctx, variables)
-            )
-        if isinstance(node, ast.Or):
-            first, second = self.predicate(node.left), self.predicate(node.right)
-            return lambda doc, ctx, variables: (
-                first(doc, ctx, variables) or second(doc, ctx, variables)
-            )
+        if isinstance(node, ast.And | ast.Or):
+            kind = type(node)
+            parts = [self.predicate(o) for o in self._spine(node, kind)]
+            if len(parts) == 2:
+                left, right = parts
+                if kind is ast.And:
+                    return lambda doc, ctx, variables: (
+                        left(doc, ctx, variables) and right(doc, ctx, variables)
+                    )
+                return lambda doc, ctx, variables: (
+                    left(doc, ctx, variables) or right(doc, ctx, variables)
+                )
+            tests = tuple(parts)
+            if kind is ast.And:
+                return lambda doc, ctx, variables: all(t(doc, ctx, variables) for t in tests)
+            return lambda doc, ctx, variables: any(t(doc, ctx, variables) for t in tests)
+        self._enter(node.pos)
+        try:
+            return self._condition(node)
+        finally:
+            self.depth -= 1
+
+    def _condition(self, node: ast.Expr) -> Predicate:
         if isinstance(node, ast.Binary) and node.op in _FLIPPED:
             fast = self._fast_comparison(node)
             if fast is not None:

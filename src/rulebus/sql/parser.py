@@ -7,11 +7,12 @@ import re
 from importlib import resources
 from typing import Any
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
 from rulebus.errors import SqlError
 from rulebus.sql import ast
+from rulebus.sql.types import MAX_INT_DIGITS
 
 _ESCAPES = {
     "n": "\n",
@@ -90,7 +91,7 @@ def _number(text: str) -> int | float:
 
 
 @v_args(meta=True, inline=True)
-class _ToAst(Transformer[Token, Any]):
+class _ToAst(Transformer_NonRecursive):
     """Builds :mod:`rulebus.sql.ast` nodes; ``text`` is kept to name unaliased projections."""
 
     def __init__(self, text: str) -> None:
@@ -181,7 +182,16 @@ class _ToAst(Transformer[Token, Any]):
         return ast.Index(_pos(meta), obj, index)
 
     def number(self, meta: Any, token: Token) -> ast.Expr:
-        return ast.Literal(_pos(meta), _number(str(token)))
+        try:
+            value = _number(str(token))
+        except ValueError:
+            raise SqlError(
+                f"number literal is too long (more than {MAX_INT_DIGITS} digits)",
+                text=self.text,
+                line=meta.line,
+                column=meta.column,
+            ) from None
+        return ast.Literal(_pos(meta), value)
 
     def string(self, meta: Any, token: Token) -> ast.Expr:
         return ast.Literal(_pos(meta), _unquote(str(token)))
@@ -290,7 +300,7 @@ def _parse(text: str, start: str) -> Any:
     except VisitError as err:
         if isinstance(err.orig_exc, SqlError):
             raise err.orig_exc from None
-        raise
+        raise SqlError(f"cannot read the rule: {err.orig_exc!r}"[:200], text=text) from None
 
 
 def parse_statement(text: str) -> ast.Statement:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from rulebus.errors import SqlError
+from rulebus.errors import SqlError, SqlEvalError
 from rulebus.sql.compiler import Compiler
 from rulebus.sql.context import NO_MATCH, EvalContext
 from rulebus.sql.parser import parse_statement
@@ -37,18 +37,58 @@ class Rule:
 
         The topic is not checked here (the router matches :attr:`topic_filter`).
         ``payload`` is never modified; ``SELECT *`` alone returns it unchanged.
+        Raises only :class:`~rulebus.errors.SqlEvalError`, for a failure that has no
+        Undefined answer in AWS terms (none is known: this is a safety net).
         """
-        return self._run(payload, ctx)
+        try:
+            return self._run(payload, ctx)
+        except Exception as err:
+            raise eval_error("rule", err) from err
 
     def __repr__(self) -> str:
         return f"Rule({self.text!r}, sql_version={self.sql_version!r})"
 
 
+def eval_error(what: str, err: Exception) -> SqlEvalError:
+    """A one-line :class:`SqlEvalError` for an exception that escaped evaluation."""
+    if isinstance(err, SqlEvalError):
+        return err
+    if isinstance(err, RecursionError):
+        detail = "a value is nested too deeply"
+    else:
+        detail = f"{type(err).__name__}: {err}"
+    detail = " ".join(detail.split())
+    if len(detail) > 160:
+        detail = detail[:157] + "..."
+    return SqlEvalError(f"{what} evaluation failed: {detail}")
+
+
+def compile_error(text: str, err: Exception) -> SqlError:
+    """A one-line :class:`SqlError` for an unexpected exception while compiling."""
+    if isinstance(err, RecursionError):
+        return SqlError("expression is nested too deeply", text=text)
+    detail = " ".join(f"{type(err).__name__}: {err}".split())
+    if len(detail) > 160:
+        detail = detail[:157] + "..."
+    return SqlError(f"cannot compile: {detail}", text=text)
+
+
 def compile_rule(text: str, sql_version: str | None = None) -> Rule:
-    """Parse and compile a rule; raises :class:`~rulebus.errors.SqlError`.
+    """Parse and compile a rule; raises only :class:`~rulebus.errors.SqlError`.
 
     ``sql_version`` is ``"2015-10-08"`` or ``"2016-03-23"`` (the default).
     """
+    if type(text) is not str:
+        raise SqlError(f"a rule must be text, not {type(text).__name__}")
+    try:
+        return _compile_rule(text, sql_version)
+    except SqlError:
+        raise
+    except Exception as err:
+        raise compile_error(text, err) from None
+
+
+def _compile_rule(text: str, sql_version: str | None) -> Rule:
     version = DEFAULT_SQL_VERSION if sql_version is None else sql_version
     if version not in SQL_VERSIONS:
         raise SqlError(

@@ -12,6 +12,7 @@ from rulebus.errors import SqlError
 from rulebus.sql.compiler import Compiler, Fn
 from rulebus.sql.context import EvalContext
 from rulebus.sql.parser import parse_expression
+from rulebus.sql.rule import compile_error, eval_error
 from rulebus.sql.types import UNDEFINED, to_string
 from rulebus.sql.versions import DEFAULT_SQL_VERSION
 
@@ -32,11 +33,14 @@ class Template:
         if self.is_constant:
             return self.text
         out = []
-        for part in self._parts:
-            if isinstance(part, str):
-                out.append(part)
-            else:
-                out.append(_render_value(part(payload, ctx, None)))
+        try:
+            for part in self._parts:
+                if isinstance(part, str):
+                    out.append(part)
+                else:
+                    out.append(_render_value(part(payload, ctx, None)))
+        except Exception as err:
+            raise eval_error("template", err) from err
         return "".join(out)
 
     def __repr__(self) -> str:
@@ -79,7 +83,18 @@ def _closing_brace(text: str, start: int) -> int:
 
 
 def compile_template(text: str) -> Template:
-    """Compile a substitution template; raises :class:`~rulebus.errors.SqlError`."""
+    """Compile a substitution template; raises only :class:`~rulebus.errors.SqlError`."""
+    if type(text) is not str:
+        raise SqlError(f"a template must be text, not {type(text).__name__}")
+    try:
+        return _compile_template(text)
+    except SqlError:
+        raise
+    except Exception as err:
+        raise compile_error(text, err) from None
+
+
+def _compile_template(text: str) -> Template:
     parts: list[str | Fn] = []
     literal: list[str] = []
     i = 0

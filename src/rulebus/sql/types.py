@@ -13,6 +13,7 @@ import decimal
 import json
 import math
 import re
+import sys
 from typing import Any, Final
 
 
@@ -46,6 +47,24 @@ _DECIMAL_STRING = re.compile(r"-?\d+(\.\d+)?([eE]-?\d+)?")
 # makes 0.1 + 0.2 give 0.3 as it does there.
 DECIMAL_CONTEXT: Final = decimal.Context(prec=34)
 
+#: Ints are unbounded, but only up to the number of decimal digits that Python will
+#: turn into a string (and so into JSON): an Int result beyond it is Undefined.
+MAX_INT_DIGITS: Final = 4300
+INT_LIMIT: Final = 10**MAX_INT_DIGITS
+
+#: The longest string (in characters) or array a function or ``+`` may build; a
+#: longer result is Undefined, so that a payload cannot make a rule allocate
+#: without bound.
+MAX_RESULT_SIZE: Final = 4 * 1024 * 1024
+
+
+_FLOAT_MAX: Final = int(sys.float_info.max)
+
+
+def utf8(text: str) -> bytes:
+    """UTF-8 bytes of ``text``; a lone surrogate (JSON allows "\\ud800") becomes "?", as in Java."""
+    return text.encode("utf-8", "replace")
+
 
 def is_number(value: Any) -> bool:
     """True for Int and Decimal values (never for booleans)."""
@@ -59,6 +78,8 @@ def parse_decimal(text: str) -> Any:
         return UNDEFINED
     if "." in text or "e" in text or "E" in text:
         return float(text)
+    if len(text) > MAX_INT_DIGITS:
+        return UNDEFINED
     return int(text)
 
 
@@ -79,6 +100,8 @@ def to_decimal(value: Any) -> Any:
     number = to_number(value)
     if number is None or number is UNDEFINED:
         return UNDEFINED
+    if type(number) is int and not -_FLOAT_MAX <= number <= _FLOAT_MAX:
+        return UNDEFINED  # beyond a double
     return float(number)
 
 
@@ -122,9 +145,17 @@ def to_json_value(value: Any) -> Any:
     return value
 
 
-def to_json(value: Any) -> str:
-    """Compact JSON, as AWS serialises arrays and objects converted to strings."""
-    return json.dumps(to_json_value(value), separators=(",", ":"), ensure_ascii=False)
+def to_json(value: Any) -> Any:
+    """Compact JSON, as AWS serialises arrays and objects converted to strings.
+
+    Undefined when the value has no JSON form: nested deeper than the interpreter
+    can serialise, an Int of more than :data:`MAX_INT_DIGITS` digits, or an object
+    that is not decoded JSON.
+    """
+    try:
+        return json.dumps(to_json_value(value), separators=(",", ":"), ensure_ascii=False)
+    except (RecursionError, ValueError, TypeError):
+        return UNDEFINED
 
 
 def to_string(value: Any) -> Any:
@@ -135,7 +166,7 @@ def to_string(value: Any) -> Any:
     if t is bool:
         return "true" if value else "false"
     if t is int:
-        return str(value)
+        return str(value) if -INT_LIMIT < value < INT_LIMIT else UNDEFINED
     if t is float:
         return format_decimal(value)
     if t is list or t is dict:
@@ -144,17 +175,30 @@ def to_string(value: Any) -> Any:
 
 
 def same(a: Any, b: Any) -> bool:
-    """Equality of two defined values: numbers by value, containers deeply, types must agree."""
-    ta, tb = type(a), type(b)
-    if (ta is int or ta is float) and (tb is int or tb is float):
-        return bool(a == b)
-    if ta is not tb:
-        return False
-    if ta is list:
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    if ta is dict:
-        return a.keys() == b.keys() and all(same(v, b[k]) for k, v in a.items())
-    return bool(a == b)
+    """Equality of two defined values: numbers by value, containers deeply, types must agree.
+
+    Containers are compared with an explicit stack, so any nesting depth works.
+    """
+    pending = [(a, b)]
+    while pending:
+        x, y = pending.pop()
+        tx, ty = type(x), type(y)
+        if (tx is int or tx is float) and (ty is int or ty is float):
+            if x != y:
+                return False
+        elif tx is not ty:
+            return False
+        elif tx is list:
+            if len(x) != len(y):
+                return False
+            pending.extend(zip(x, y, strict=True))
+        elif tx is dict:
+            if x.keys() != y.keys():
+                return False
+            pending.extend((v, y[k]) for k, v in x.items())
+        elif x != y:
+            return False
+    return True
 
 
 def equals(a: Any, b: Any) -> Any:
@@ -208,19 +252,17 @@ def decimal_op(op: str, a: int | float, b: int | float) -> Any:
             result = ctx.divide(x, y)
         else:
             result = ctx.remainder(x, y)
-    except (decimal.DivisionByZero, decimal.InvalidOperation):
+    except ArithmeticError:  # decimal's DivisionByZero, InvalidOperation, Overflow
         return UNDEFINED
-    return float(result)
+    number = float(result)
+    return number if math.isfinite(number) else UNDEFINED
 
 
 def int_op(op: str, a: int, b: int) -> Any:
     """Int ``op`` Int with Java semantics: division truncates, remainder follows the dividend."""
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
+    if op == "+" or op == "-" or op == "*":
+        result = a + b if op == "+" else a - b if op == "-" else a * b
+        return result if -INT_LIMIT < result < INT_LIMIT else UNDEFINED
     if b == 0:
         return UNDEFINED
     quotient = abs(a) // abs(b)
@@ -236,12 +278,14 @@ def arithmetic(op: str, a: Any, b: Any) -> Any:
     if ta is int and tb is int:
         return int_op(op, a, b)
     if (ta is int or ta is float) and (tb is int or tb is float):
-        if not (math.isfinite(a) and math.isfinite(b)):
+        if (ta is float and not math.isfinite(a)) or (tb is float and not math.isfinite(b)):
             return UNDEFINED
         return decimal_op(op, a, b)
     if op == "+" and (ta is str or tb is str):
         left, right = to_string(a), to_string(b)
         if left is UNDEFINED or right is UNDEFINED:
+            return UNDEFINED
+        if len(left) + len(right) > MAX_RESULT_SIZE:
             return UNDEFINED
         return left + right
     if op != "+" and (ta is str or tb is str):
@@ -268,4 +312,21 @@ def whole_to_int(value: Any) -> Any:
     """SQL 2016-03-23: a Decimal that is a whole number, such as 10.0, is the Int 10."""
     if type(value) is float and value.is_integer():
         return int(value)
+    return value
+
+
+def finish_2016(value: Any) -> Any:
+    """A function's result in SQL 2016-03-23: whole Decimals become Ints, NaN and ±inf Undefined."""
+    if type(value) is float:
+        if value.is_integer():
+            return int(value)
+        if not math.isfinite(value):
+            return UNDEFINED
+    return value
+
+
+def finish_2015(value: Any) -> Any:
+    """A function's result in SQL 2015-10-08: NaN and ±inf are Undefined."""
+    if type(value) is float and not math.isfinite(value):
+        return UNDEFINED
     return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import urllib.parse
 from pathlib import Path
 
 from rulebus.actions import registry
@@ -23,7 +24,7 @@ from rulebus.template.model import (
     SubscriberSpec,
     TableSpec,
 )
-from rulebus.template.options import Options
+from rulebus.template.options import Options, check_topic_template, placeholders
 from rulebus.template.source import Source, dotted, read_source
 
 APP_FILE = "rulebus.yaml"
@@ -43,7 +44,7 @@ def load_app(path: Path | str) -> App:
     app.retry = _retry(top.section("retry"), RetrySpec())
     app.tables = _tables(top.section("tables"))
     app.buckets = _buckets(top)
-    app.notifications = _notifications(top.section("notifications"))
+    app.notifications = _notifications(top.section("notifications"), app.warnings)
     app.functions = _functions(top.section("functions"), app.root)
     declared = Declared(
         tables={name: spec.key for name, spec in app.tables.items()},
@@ -68,12 +69,14 @@ def _retry(opts: Options, default: RetrySpec) -> RetrySpec:
         base_delay=opts.duration("backoff", default.base_delay),
         max_delay=opts.duration("max_backoff", default.max_delay),
     )
+    if spec.max_delay < spec.base_delay:
+        opts.fail("max_backoff", "is shorter than backoff")
     opts.done()
     return spec
 
 
 def _tables(opts: Options) -> dict[str, TableSpec]:
-    tables = {}
+    tables: dict[str, TableSpec] = {}
     for name in opts.value:
         if not _FIELD.match(name.replace("-", "_")):
             opts.fail(
@@ -82,10 +85,16 @@ def _tables(opts: Options) -> dict[str, TableSpec]:
         table = opts.section(name)
         key = table.str_list("key", required=True)
         for i, field in enumerate(key):
-            if not _FIELD.match(field) or field == "item":
+            if not _FIELD.match(field) or field.lower() == "item":
                 table.fail("key", f"invalid key field {field!r} (position {i})")
-        if len(set(key)) != len(key):
-            table.fail("key", "key fields repeat")
+        # SQL (and so the table store) does not tell names apart by case.
+        if len({field.lower() for field in key}) != len(key):
+            table.fail("key", "key fields repeat (names are not case-sensitive)")
+        clash = [other for other in tables if other.lower() == name.lower()]
+        if clash:
+            opts.fail(
+                name, f"table {name!r} clashes with {clash[0]!r} (names are not case-sensitive)"
+            )
         table.done()
         tables[name] = TableSpec(name, tuple(key))
     return tables
@@ -111,7 +120,7 @@ def _buckets(top: Options) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _notifications(opts: Options) -> dict[str, NotificationSpec]:
+def _notifications(opts: Options, warnings: list[str]) -> dict[str, NotificationSpec]:
     out = {}
     for name in opts.value:
         _name(opts, name, "notification")
@@ -134,8 +143,18 @@ def _notifications(opts: Options) -> dict[str, NotificationSpec]:
             sub.done()
             if url is None:
                 continue  # url_env names a variable that is not set: subscriber disabled
-            if not url.startswith(("http://", "https://")):
-                sub.fail("url", f"expected an http:// or https:// URL, got {url!r}")
+            parsed = urllib.parse.urlsplit(url)
+            if (
+                parsed.scheme not in ("http", "https")
+                or not parsed.hostname
+                or any(c.isspace() for c in url)
+            ):
+                sub.fail("url", f"expected an http:// or https:// URL with a host, got {url!r}")
+            if secret is None and sub.has("secret_env"):
+                where = f"{sub.source.file}:{sub.source.line((*sub.path, 'secret_env'))}"
+                warnings.append(
+                    f"{where}: {sub.value['secret_env']} is not set: webhooks to {url} go unsigned"
+                )
             subs.append(SubscriberSpec("webhook", url=url, secret=secret, timeout=timeout))
         spec.done()
         out[name] = NotificationSpec(name, tuple(subs))
@@ -215,6 +234,14 @@ def _rules(opts: Options, declared: Declared, retry: RetrySpec) -> dict[str, Rul
         actions = tuple(
             _action(spec, ("actions", i), item, declared) for i, item in enumerate(raw_actions)
         )
+        for i, action in enumerate(actions):
+            target = action.publishes_to()
+            if target is not None and compiled.topic_filter.matches(target):
+                spec.source.fail(
+                    (*spec.path, "actions", i, action.kind, "topic"),
+                    f"publishing to {target!r} matches this rule's own filter"
+                    f" {compiled.topic_filter.text!r}: every event would loop",
+                )
         error_action = None
         if spec.has("error_action"):
             error_action = _action(spec, ("error_action",), spec.raw("error_action"), declared)
@@ -265,6 +292,11 @@ def _routes(opts: Options) -> tuple[RouteSpec, ...]:
         if method.upper() != "POST":
             route.fail("method", "only POST routes publish events")
         topic = route.text("topic", required=True)
+        check_topic_template(route, "topic", topic)
+        if any("/" in part for part in placeholders(topic)):
+            route.fail(
+                "topic", "a route's topic may not use '/' inside ${…}: each level is one value"
+            )
         levels = []
         for level in topic.split("/"):
             try:

@@ -86,3 +86,4 @@ class App:
     rules: dict[str, RuleSpec] = field(default_factory=dict)
     routes: tuple[RouteSpec, ...] = ()
     retry: RetrySpec = field(default_factory=RetrySpec)
+    warnings: list[str] = field(default_factory=list)  # valid, but probably not what was meant

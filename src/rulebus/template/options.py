@@ -10,6 +10,8 @@ import difflib
 import re
 from typing import Any, NoReturn
 
+from rulebus.errors import BadInput
+from rulebus.sql import validate_topic
 from rulebus.template.source import Path_, Source
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
@@ -121,3 +123,37 @@ def _kind(value: Any) -> str:
     if isinstance(value, str):
         return f"a string ({value!r})"
     return f"{type(value).__name__} ({value!r})"
+
+
+def placeholders(template: str) -> list[str]:
+    """The expressions inside ``${…}`` in a template, found by matching braces."""
+    found = []
+    i = template.find("${")
+    while i != -1:
+        depth, j = 1, i + 2
+        while j < len(template) and depth:
+            depth += {"{": 1, "}": -1}.get(template[j], 0)
+            j += 1
+        found.append(template[i + 2 : j - 1])
+        i = template.find("${", j)
+    return found
+
+
+def constant_shape(template: str) -> str:
+    """The template with every ``${…}`` replaced by one plain character.
+
+    What a template becomes at run time cannot be known at load time, but its
+    constant parts can be checked: ``../${id}`` or ``a/#/${x}`` are wrong for
+    every event.
+    """
+    for expr in placeholders(template):
+        template = template.replace("${" + expr + "}", "x", 1)
+    return template
+
+
+def check_topic_template(opts: Options, key: str, template: str) -> None:
+    """Fail at ``key`` if a topic template is invalid whatever its values are."""
+    try:
+        validate_topic(constant_shape(template))
+    except BadInput as exc:
+        opts.fail(key, exc.message.replace(repr(constant_shape(template)), repr(template)))

@@ -64,9 +64,11 @@ def read_source(path: Path) -> Source:
         raise TemplateError("file not found", file=file, line=None, key="(file)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(f"cannot read: {exc}", file=file, line=None, key="(file)") from None
-    loader = _Loader(text)
     source = Source(file, None)
+    loader = None
     try:
+        _refuse_aliases(text, source)
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is not None:
             source.data = _build(loader, node, (), source)
@@ -82,8 +84,22 @@ def read_source(path: Path) -> Source:
     except yaml.YAMLError as exc:
         raise TemplateError(f"invalid YAML: {exc}", file=file, line=None, key="(yaml)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return source
+
+
+def _refuse_aliases(text: str, source: Source) -> None:
+    """Aliases would let a small file expand into a huge one ("billion laughs") or
+    refer to itself; app files have no need for them."""
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            raise TemplateError(
+                "YAML aliases (*name) are not supported in app files",
+                file=source.file,
+                line=None if event.start_mark is None else event.start_mark.line + 1,
+                key="(yaml)",
+            )
 
 
 def _build(loader: _Loader, node: yaml.Node, path: Path_, source: Source) -> Any:
@@ -99,6 +115,8 @@ def _build(loader: _Loader, node: yaml.Node, path: Path_, source: Source) -> Any
                 source.lines[(*path, key)] = key_node.start_mark.line + 1
                 source.fail((*path, key), "duplicate key")
             out[key] = _build(loader, value_node, (*path, key), source)
+            # A key's line, not its value's: a nested mapping starts a line later.
+            source.lines[(*path, key)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, item, (*path, i), source) for i, item in enumerate(node.value)]

@@ -16,6 +16,8 @@ class Function:
     ``pure`` functions give the same result for the same arguments, so calls with
     constant arguments are folded at compile time. ``context`` functions receive
     the :class:`~rulebus.sql.context.EvalContext` as their first argument.
+    ``literal_impl``, when set, replaces ``impl`` when the second argument is a
+    literal of the rule (the regexp functions trust patterns written in the rule).
     """
 
     name: str
@@ -25,6 +27,7 @@ class Function:
     since: str = V2015
     pure: bool = True
     context: bool = False
+    literal_impl: Callable[..., Any] | None = None
 
 
 def _registry() -> dict[str, Function]:

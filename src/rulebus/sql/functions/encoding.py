@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rulebus.sql.functions import Function
-from rulebus.sql.types import UNDEFINED, to_string
+from rulebus.sql.types import UNDEFINED, to_string, utf8
 from rulebus.sql.versions import V2016
 
 
@@ -307,7 +307,7 @@ def md2(data: bytes) -> str:
 def _hash(digest: Callable[[bytes], str]) -> Callable[[Any], Any]:
     def impl(value: Any) -> Any:
         text = to_string(value)
-        return UNDEFINED if text is UNDEFINED else digest(text.encode("utf-8"))
+        return UNDEFINED if text is UNDEFINED else digest(utf8(text))
 
     return impl
 
@@ -325,7 +325,7 @@ def encode(value: Any, scheme: Any) -> Any:
     text = to_string(value)
     if text is UNDEFINED:
         return UNDEFINED
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+    return base64.b64encode(utf8(text)).decode("ascii")
 
 
 def decode(value: Any, scheme: Any) -> Any:

@@ -122,9 +122,15 @@ def trunc(value: Any, places: Any) -> Any:
     exact = decimal.Decimal(repr(number)).quantize(
         decimal.Decimal(1).scaleb(-digits),
         rounding=decimal.ROUND_DOWN,
+        context=_TRUNC_CONTEXT,
     )
     result = exact.normalize()
     return int(result) if result == result.to_integral_value() else float(result)
+
+
+# Room for every double truncated to 34 places (1e308 has 309 digits before the
+# point); the default 28-digit context raises InvalidOperation for large values.
+_TRUNC_CONTEXT = decimal.Context(prec=400)
 
 
 def _bitwise(function: Callable[[int, int], int]) -> Callable[[Any, Any], Any]:

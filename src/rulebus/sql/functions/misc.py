@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from rulebus.sql.functions import Function
-from rulebus.sql.types import UNDEFINED, to_boolean, to_int_floor, to_number, to_string
+from rulebus.sql.types import UNDEFINED, to_boolean, to_decimal, to_int_floor, to_string
 from rulebus.sql.versions import V2015, V2016
 
 _STRING_TYPES = frozenset({"string", "nvarchar", "text", "ntext", "varchar"})
@@ -22,14 +22,10 @@ def cast(value: Any, type_name: str, version: str) -> Any:
             return int(value)
         return to_int_floor(value)
     if type_name in ("double", "decimal"):
-        if type(value) is bool:
-            number: Any = float(value)
-        else:
-            number = to_number(value)
-            if number is None or number is UNDEFINED:
-                return UNDEFINED
-            number = float(number)
-        if version != V2015 and math.isfinite(number) and number.is_integer():
+        number: Any = float(value) if type(value) is bool else to_decimal(value)
+        if number is UNDEFINED or not math.isfinite(number):
+            return UNDEFINED
+        if version != V2015 and number.is_integer():
             return int(number)
         return number
     # bool / boolean

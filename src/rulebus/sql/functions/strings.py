@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rulebus.sql.functions import Function
-from rulebus.sql.types import UNDEFINED, to_int_floor, to_string
+from rulebus.sql.types import MAX_RESULT_SIZE, UNDEFINED, to_int_floor, to_string, utf8
 from rulebus.sql.versions import V2016
 
 
@@ -47,8 +47,21 @@ def concat(*values: Any) -> Any:
                 out.extend(value)
             elif value is not UNDEFINED:
                 out.append(value)
-        return out
-    return _on_strings(lambda *texts: "".join(texts))(*values)
+        return out if len(out) <= MAX_RESULT_SIZE else UNDEFINED
+    return _on_strings(_join)(*values)
+
+
+def _join(*texts: str) -> Any:
+    if sum(map(len, texts)) > MAX_RESULT_SIZE:
+        return UNDEFINED
+    return "".join(texts)
+
+
+def _replace(text: str, old: str, new: str) -> Any:
+    count = len(text) + 1 if not old else text.count(old)
+    if len(text) + count * (len(new) - len(old)) > MAX_RESULT_SIZE:
+        return UNDEFINED
+    return text.replace(old, new)
 
 
 def _pad(left: bool) -> Callable[[Any, Any], Any]:
@@ -94,7 +107,7 @@ FUNCTIONS = [
     Function("startswith", _affix(str.startswith), 2, 2),
     Function("indexof", _on_strings(str.find), 2, 2, since=V2016),
     Function("length", _on_string(len), 1, 1, since=V2016),
-    Function("numbytes", _on_string(lambda s: len(s.encode("utf-8"))), 1, 1, since=V2016),
+    Function("numbytes", _on_string(lambda s: len(utf8(s))), 1, 1, since=V2016),
     Function("lower", _on_string(str.lower), 1, 1),
     Function("upper", _on_string(str.upper), 1, 1),
     Function("lpad", _pad(left=True), 2, 2),
@@ -102,6 +115,6 @@ FUNCTIONS = [
     Function("ltrim", _on_string(lambda s: s.lstrip(" \t")), 1, 1),
     Function("rtrim", _on_string(lambda s: s.rstrip(" \t")), 1, 1),
     Function("trim", _on_string(str.strip), 1, 1),
-    Function("replace", _on_strings(lambda s, old, new: s.replace(old, new)), 3, 3),
+    Function("replace", _on_strings(_replace), 3, 3),
     Function("substring", substring, 2, 3),
 ]

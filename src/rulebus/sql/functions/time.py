@@ -49,10 +49,12 @@ def zone(name: str) -> tzinfo | None:
     if offset is not None:
         sign, hours, minutes = offset.groups()
         delta = timedelta(hours=int(hours), minutes=int(minutes or 0))
+        if delta >= timedelta(hours=24):
+            return None  # timezone() accepts only offsets strictly inside a day
         return timezone(-delta if sign == "-" else delta)
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "America", a directory
         return None
 
 
