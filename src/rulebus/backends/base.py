@@ -103,6 +103,20 @@ class Bus(Protocol):
 
     async def get(self, seq: int) -> Event | None: ...
 
+    async def head(self) -> int:
+        """The position of the last event appended."""
+        ...
+
+    async def count_retries(self) -> int: ...
+
+    async def count_dead_letters(self) -> int: ...
+
+    async def dead_letters(self) -> list[DeadLetter]: ...
+
+    async def redrive(self, ids: Sequence[int] | None) -> int:
+        """Put dead letters (``None``: all of them) back to be retried now."""
+        ...
+
 
 class TableStore(Protocol):
     """Keyed items, one namespace per table. ``put`` replaces the item with the same key."""

@@ -157,13 +157,6 @@ class SqliteBus:
         self._appended.set()
         return results
 
-    def append_sync(self, events: Sequence[Event]) -> list[Appended]:
-        """Append from outside an event loop (the CLI)."""
-        return asyncio.run(self._append_in_new_loop(events))
-
-    async def _append_in_new_loop(self, events: Sequence[Event]) -> list[Appended]:
-        return await self.append(events)
-
     async def read(self, after_seq: int, limit: int) -> list[Event]:
         tail = self._tail
         out: list[Event] = []
@@ -263,10 +256,6 @@ class SqliteBus:
             Retry(seq, rule, attempts, due_at, codec.loads(actions), _failures_from(failures))
             for seq, rule, attempts, due_at, actions, failures in rows
         ]
-
-    async def next_retry_at(self) -> float | None:
-        (due,) = self._db.execute("SELECT min(due_at) FROM retries").fetchone()
-        return None if due is None else float(due)
 
     async def update_retry(self, retry: Retry) -> None:
         row = (

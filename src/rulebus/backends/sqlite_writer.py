@@ -49,7 +49,6 @@ class GroupCommitWriter:
         self._conn: sqlite3.Connection | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
-        self.after_commit: Callable[[], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -68,16 +67,6 @@ class GroupCommitWriter:
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put((work, future, loop))
         return await future
-
-    def submit_sync(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """The blocking form of :meth:`submit`, for threads without an event loop."""
-        done = threading.Event()
-        box: list[Any] = []
-        self._queue.put((work, (done, box), None))
-        done.wait()
-        if box[0]:
-            raise box[1]
-        return box[1]  # type: ignore[no-any-return]
 
     def _run(self) -> None:
         try:
@@ -121,16 +110,8 @@ class GroupCommitWriter:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             results = [(True, exc)] * len(batch)
-        else:
-            if self.after_commit is not None:
-                self.after_commit()
-        for (_, target, loop), (failed, value) in zip(batch, results, strict=True):
-            if loop is None:
-                done, box = target
-                box.extend((failed, value))
-                done.set()
-            else:
-                loop.call_soon_threadsafe(_settle, target, failed, value)
+        for (_, future, loop), (failed, value) in zip(batch, results, strict=True):
+            loop.call_soon_threadsafe(_settle, future, failed, value)
 
 
 def _settle(future: asyncio.Future[Any], failed: bool, value: Any) -> None:

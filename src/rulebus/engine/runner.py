@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rulebus.actions.base import Action, Delivery, Services
-from rulebus.backends.base import Failure, Retry
-from rulebus.backends.sqlite_bus import SqliteBus
+from rulebus.backends.base import Bus, Failure, Retry
 from rulebus.engine.retry import backoff
 from rulebus.engine.router import Router
 from rulebus.errors import ActionError, NotFound, RulebusError
@@ -50,7 +49,7 @@ def context(event: Event) -> EvalContext:
 class Engine:
     """Runs an app's enabled rules against a bus until stopped."""
 
-    def __init__(self, app: App, bus: SqliteBus, services: Services) -> None:
+    def __init__(self, app: App, bus: Bus, services: Services) -> None:
         self.app = app
         self.bus = bus
         self.services = services

@@ -20,6 +20,7 @@ from rulebus.sql.types import MAX_RESULT_SIZE, UNDEFINED, to_string
 
 _JAVA_NAMED_GROUP = re.compile(r"\(\?<(?=[A-Za-z])")
 _BOUNDED = re.compile(r"\{(\d*)(,?)(\d*)\}")
+_GROUP_PREFIX = re.compile(r"\(\?(?:[:=!>|]|<[=!]|P?<[A-Za-z_]\w*>|[aiLmsux-]*[:)])?")
 
 #: The longest pattern accepted from an event (literal patterns have no limit).
 MAX_RUNTIME_PATTERN = 1000
@@ -45,7 +46,7 @@ def risky(source: str) -> bool:
         char = source[i]
         if char == "\\":
             follower = source[i + 1 : i + 2]
-            if follower.isdigit() and follower != "0" or follower == "k":
+            if (follower.isdigit() and follower != "0") or follower == "k":
                 return True
             i, last_group = i + 2, False
             continue
@@ -63,7 +64,8 @@ def risky(source: str) -> bool:
             if source.startswith("?P=", i + 1):
                 return True
             groups.append(False)
-            i, last_group = i + 1, False
+            prefix = _GROUP_PREFIX.match(source, i)
+            i, last_group = max(i + 1, prefix.end() if prefix else 0), False
             continue
         if char == ")":
             inner = groups.pop() if len(groups) > 1 else False
@@ -80,13 +82,12 @@ def risky(source: str) -> bool:
             bounded = _BOUNDED.match(source, i)
             if bounded is not None and (bounded.group(1) or bounded.group(3)):
                 low, comma, high = bounded.groups()
-                repeats = bool(comma) and not high or int(high or low or "0") > 1
+                repeats = (bool(comma) and not high) or int(high or low or "0") > 1
                 length = bounded.end() - i
         if repeats or char == "?":
-            if repeats:
-                if last_group:
-                    return True
-                groups[-1] = True
+            if repeats and last_group:
+                return True
+            groups[-1] = True  # `(a?)+` backtracks like `(a|)+`
             i, last_group = i + length, False
             continue
         i, last_group = i + 1, False
