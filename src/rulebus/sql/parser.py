@@ -91,7 +91,7 @@ def _number(text: str) -> int | float:
 
 
 @v_args(meta=True, inline=True)
-class _ToAst(Transformer_NonRecursive):
+class _ToAst(Transformer_NonRecursive[Token, Any]):
     """Builds :mod:`rulebus.sql.ast` nodes; ``text`` is kept to name unaliased projections."""
 
     def __init__(self, text: str) -> None:

@@ -124,7 +124,7 @@ def trunc(value: Any, places: Any) -> Any:
         rounding=decimal.ROUND_DOWN,
         context=_TRUNC_CONTEXT,
     )
-    result = exact.normalize()
+    result = exact.normalize(_TRUNC_CONTEXT)
     return int(result) if result == result.to_integral_value() else float(result)
 
 

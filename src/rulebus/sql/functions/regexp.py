@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -97,8 +98,11 @@ def risky(source: str) -> bool:
 @functools.lru_cache(maxsize=256)
 def _pattern(source: str) -> re.Pattern[str] | None:
     try:
-        return re.compile(_JAVA_NAMED_GROUP.sub("(?P<", source))
-    except re.error:
+        with warnings.catch_warnings():
+            # FutureWarning for "[[" and friends: not the event's business.
+            warnings.simplefilter("ignore")
+            return re.compile(_JAVA_NAMED_GROUP.sub("(?P<", source))
+    except (re.error, RecursionError, OverflowError):
         return None
 
 
@@ -139,9 +143,7 @@ def _runtime_pattern(source: str) -> re.Pattern[str] | None:
     return None if risky(source) else _pattern(source)
 
 
-def _inputs(
-    value: Any, pattern: Any, trusted: bool = False
-) -> tuple[str, re.Pattern[str]] | None:
+def _inputs(value: Any, pattern: Any, trusted: bool = False) -> tuple[str, re.Pattern[str]] | None:
     text, source = to_string(value), to_string(pattern)
     if text is UNDEFINED or source is UNDEFINED:
         return None
