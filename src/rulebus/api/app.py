@@ -7,6 +7,7 @@ status, a ``NotFound`` is 404, anything else is a 500 with no details.
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -41,9 +42,40 @@ class JSON(Response):
         return codec.dumps(content)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+class Incoming:
+    """What ingest reads from a request's headers, found in one pass over them."""
+
+    __slots__ = ("client_id", "content_length", "content_type")
+
+    def __init__(self, request: Request) -> None:
+        self.content_length: int | None = None
+        self.content_type = ""
+        given = None
+        for name, value in request.scope["headers"]:
+            if name == b"content-length":
+                self.content_length = int(value) if value.isdigit() else None
+            elif name == b"content-type":
+                self.content_type = value.decode("latin-1")
+            elif name == b"rulebus-client-id":
+                given = value.decode("latin-1")
+        if given is not None:
+            if not _CLIENT_ID.fullmatch(given):
+                raise BadInput(
+                    "invalid rulebus-client-id header: expected 1-128 letters, digits"
+                    " and . _ : @ = ~ / + -"
+                )
+            self.client_id = given
+        else:
+            client = request.scope.get("client")
+            self.client_id = f"http:{client[0]}" if client else "http"
+
+
+_CLIENT_ID = re.compile(r"[\w.:@=~/+-]{1,128}")
+
+
+async def read_body(request: Request, incoming: Incoming, limit: int) -> bytes:
+    length = incoming.content_length
+    if length is not None and length > limit:
         raise BadInput(f"body of {length} bytes is over the limit of {limit} bytes", status=413)
     chunks = []
     size = 0
@@ -55,20 +87,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def client_id(request: Request) -> str:
-    given = request.headers.get("rulebus-client-id")
-    if given:
-        return given[:128]
-    return f"http:{request.client.host}" if request.client else "http"
-
-
 def build_api(runtime: Runtime) -> Starlette:
     bus = runtime.bus
 
     def single(route: RouteSpec) -> Any:
         async def endpoint(request: Request) -> Response:
-            body = decode(await read_body(request, MAX_BODY))
-            event = route_event(route, body, client_id(request), now_ms())
+            incoming = Incoming(request)
+            body = decode(await read_body(request, incoming, MAX_BODY))
+            event = route_event(route, body, incoming.client_id, now_ms())
             (appended,) = await bus.append([event])
             status = 200 if appended.duplicate else 202
             return JSON(
@@ -80,10 +106,11 @@ def build_api(runtime: Runtime) -> Starlette:
 
     def batch(route: RouteSpec) -> Any:
         async def endpoint(request: Request) -> Response:
-            body = await read_body(request, MAX_BATCH_BODY)
-            items = decode_batch(body, request.headers.get("content-type", ""))
+            incoming = Incoming(request)
+            body = await read_body(request, incoming, MAX_BATCH_BODY)
+            items = decode_batch(body, incoming.content_type)
             ts = now_ms()
-            source = client_id(request)
+            source = incoming.client_id
             results: list[dict[str, Any]] = []
             events = []
             for item in items:
@@ -109,8 +136,9 @@ def build_api(runtime: Runtime) -> Starlette:
         return endpoint
 
     async def publish(request: Request) -> Response:
-        body = decode(await read_body(request, MAX_BODY))
-        event = topic_event(request.path_params["topic"], body, client_id(request), now_ms())
+        incoming = Incoming(request)
+        body = decode(await read_body(request, incoming, MAX_BODY))
+        event = topic_event(request.path_params["topic"], body, incoming.client_id, now_ms())
         await bus.append([event])
         return JSON({"id": event.id, "topic": event.topic}, status_code=202)
 

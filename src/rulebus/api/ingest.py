@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from typing import Any
 
 from rulebus import codec
 from rulebus.errors import BadInput
-from rulebus.events import Event
+from rulebus.events import Event, new_id
 from rulebus.sql import EvalContext, validate_topic
 from rulebus.template.model import RouteSpec
 
@@ -83,7 +82,7 @@ def route_event(route: RouteSpec, body: Any, client_id: str | None, ts: int) -> 
         if body.get(field) is None:
             raise BadInput(f"missing required field {field!r}")
     if body.get(route.id_field) is None:
-        body[route.id_field] = str(uuid.uuid4())
+        body[route.id_field] = new_id()
     id_ = event_id(body[route.id_field])
     topic = render_topic(route, body)
     return Event(id_, topic, ts, body, client_id, raw=encode(body))
@@ -110,7 +109,7 @@ def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
 
 def topic_event(topic: str, body: Any, client_id: str | None, ts: int) -> Event:
     validate_topic(topic)
-    return Event(str(uuid.uuid4()), topic, ts, body, client_id, raw=encode(body))
+    return Event(new_id(), topic, ts, body, client_id, raw=encode(body))
 
 
 def encode(payload: Any) -> bytes:

@@ -85,6 +85,8 @@ def up(
 ) -> None:
     """Run an app: the HTTP API here, the engine and functions in a worker process."""
     listener = _log_to_stderr(log_level)
+    import os
+    sys.setswitchinterval(float(os.environ.get("RB_SWITCH", "0.005")))
     try:
         app = load_app(app_dir)
         try:
@@ -151,6 +153,8 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def _work(app: App, data_dir: Path) -> None:
+    import os
+    os.nice(int(os.environ.get("RB_NICE", "0")))
     stop = asyncio.Event()
     _stop_on_signals(stop)
     runtime = Runtime(app, data_dir)
