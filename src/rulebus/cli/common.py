@@ -62,6 +62,10 @@ class Group(click.Group):
             sys.exit(exit_code(exc))
         except KeyboardInterrupt:
             sys.exit(130)
+        except BrokenPipeError:
+            # The reader went away (``| head``): stop quietly, like other tools.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except sqlite3.Error as exc:
             click.echo(f"error: database: {exc}", err=True)
             sys.exit(1)

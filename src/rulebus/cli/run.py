@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import logging
 import logging.handlers
+import os
 import queue
 import signal
 import socket
@@ -24,6 +25,8 @@ from rulebus.runtime import Runtime
 from rulebus.template import App, load_app
 
 log = logging.getLogger("rulebus.cli")
+
+READY_TIMEOUT = 60.0  # seconds ``up`` waits for its worker before it listens anyway
 
 app_argument = click.argument("app_dir", metavar="APP", type=click.Path(path_type=Path))
 log_level_option = click.option(
@@ -85,8 +88,6 @@ def up(
 ) -> None:
     """Run an app: the HTTP API here, the engine and functions in a worker process."""
     listener = _log_to_stderr(log_level)
-    import os
-    sys.setswitchinterval(float(os.environ.get("RB_SWITCH", "0.005")))
     try:
         app = load_app(app_dir)
         try:
@@ -117,12 +118,13 @@ def up(
 @app_argument
 @data_dir_option
 @log_level_option
-def worker(app_dir: Path, data_dir: Path, log_level: str) -> None:
+@click.option("--ready-fd", type=int, hidden=True, help="Write a line here once running.")
+def worker(app_dir: Path, data_dir: Path, log_level: str, ready_fd: int | None) -> None:
     """Run an app's engine and functions, without the HTTP API."""
     listener = _log_to_stderr(log_level)
     try:
         app = load_app(app_dir)
-        _run(_work(app, data_dir))
+        _run(_work(app, data_dir, ready_fd))
     finally:
         listener.stop()
 
@@ -152,13 +154,14 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _work(app: App, data_dir: Path) -> None:
-    import os
-    os.nice(int(os.environ.get("RB_NICE", "0")))
+async def _work(app: App, data_dir: Path, ready_fd: int | None) -> None:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     runtime = Runtime(app, data_dir)
     await runtime.start()
+    if ready_fd is not None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
     try:
         await stop.wait()
     finally:
@@ -185,10 +188,23 @@ def _die_with_parent() -> None:
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-async def _supervise(command: list[str], stop: asyncio.Event) -> None:
-    """Keep the worker running until ``stop``, then stop it gracefully."""
+async def _supervise(command: list[str], stop: asyncio.Event, ready: asyncio.Event) -> None:
+    """Keep the worker running until ``stop``, then stop it gracefully.
+
+    ``ready`` is set once the first worker has loaded the app and started its
+    engine (or has exited trying).
+    """
     while True:
-        proc = await asyncio.create_subprocess_exec(*command, preexec_fn=_die_with_parent)
+        read_end, write_end = os.pipe()
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            "--ready-fd",
+            str(write_end),
+            pass_fds=(write_end,),
+            preexec_fn=_die_with_parent,
+        )
+        os.close(write_end)
+        signalled = asyncio.ensure_future(_await_ready(read_end, ready))
         waiting = asyncio.ensure_future(proc.wait())
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -196,10 +212,21 @@ async def _supervise(command: list[str], stop: asyncio.Event) -> None:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
             await waiting
+            await signalled
             return
         stopping.cancel()
+        await signalled
         log.error("engine worker exited with %s; restarting it", proc.returncode)
         await asyncio.sleep(1)
+
+
+async def _await_ready(read_end: int, ready: asyncio.Event) -> None:
+    """Set ``ready`` on the worker's line, or at end of file if it exits first."""
+    try:
+        await asyncio.to_thread(os.read, read_end, 64)
+    finally:
+        os.close(read_end)
+        ready.set()
 
 
 async def _serve(app: App, data_dir: Path, sock: socket.socket, worker: list[str] | None) -> None:
@@ -216,7 +243,17 @@ async def _serve(app: App, data_dir: Path, sock: socket.socket, worker: list[str
     server = _Server(config)
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    supervisor = None if worker is None else asyncio.create_task(_supervise(worker, stop))
+    ready = asyncio.Event()
+    if worker is None:
+        ready.set()
+        supervisor = None
+    else:
+        supervisor = asyncio.create_task(_supervise(worker, stop, ready))
+        # Listen once the engine runs, so that what ``up`` announces works.
+        # A worker that waits for another engine's lock should not hold the
+        # API back for long, though: it publishes to the shared log anyway.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready.wait(), READY_TIMEOUT)
     host, port = sock.getsockname()[:2]
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
