@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from rulebus.actions.base import Action, Delivery, Services
@@ -61,6 +61,9 @@ class Engine:
         self._starts: dict[str, int] = {}
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: deque[tuple[list[Event], asyncio.Task[list[Retry]]]] = deque()
+        self._delivered = asyncio.Event()  # a batch finished delivering
+        self._progress = asyncio.Event()  # the recorder freed room in the window
 
     async def start(self) -> None:
         self._starts = await self.bus.rule_starts(self.rules)
@@ -81,56 +84,93 @@ class Engine:
 
     async def _dispatch_loop(self) -> None:
         # Up to WINDOW batches are delivered at once, so a slow action in one
-        # batch does not idle the rest; their state is recorded in log order,
-        # so the dispatch position never passes an unfinished batch.
-        inflight: deque[tuple[list[Event], asyncio.Task[list[Retry]]]] = deque()
+        # batch does not idle the rest. The recorder makes their outcome
+        # durable in log order, so the dispatch position never passes an
+        # unfinished batch; a full window is the back-pressure on reading.
         read_to = self.dispatched
         idle = MIN_POLL
-        while not self._stopping.is_set() or inflight:
-            while inflight and (
-                inflight[0][1].done() or len(inflight) >= WINDOW or self._stopping.is_set()
-            ):
-                await self._record(*inflight.popleft())
-            if self._stopping.is_set():
-                continue
-            events = await self.bus.read(read_to, BATCH_SIZE)
-            if events:
-                inflight.append((events, asyncio.create_task(self._deliver(events))))
-                read_to = events[-1].seq
-                idle = MIN_POLL
-                continue
-            # Appends from this process wake the dispatcher at once; those of
-            # other processes (an API process, ``rulebus publish``) are found
-            # by polling, quickly after recent traffic and more lazily after that.
-            idle = min(idle * 2, IDLE_POLL)
-            waits: set[asyncio.Future[Any]] = {
-                asyncio.ensure_future(self.bus.wait_for_events(read_to, idle)),
-                asyncio.ensure_future(self._stopping.wait()),
-            }
-            if inflight:
-                waits.add(inflight[0][1])
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for future in pending:
-                if not (inflight and future is inflight[0][1]):
-                    future.cancel()
+        recorder = asyncio.create_task(self._record_loop(), name="recorder")
+        try:
+            while not self._stopping.is_set():
+                if len(self._inflight) >= WINDOW:
+                    self._progress.clear()
+                    await self._wait(self._progress.wait(), None)
+                    continue
+                events = await self.bus.read(read_to, BATCH_SIZE)
+                if events:
+                    task = asyncio.create_task(self._deliver(events))
+                    self._inflight.append((events, task))
+                    task.add_done_callback(lambda _: self._delivered.set())
+                    read_to = events[-1].seq
+                    idle = MIN_POLL
+                    continue
+                # Appends from this process wake the dispatcher at once; those
+                # of other processes (an API process, ``rulebus publish``) are
+                # found by polling, quickly after recent traffic, then lazily.
+                idle = min(idle * 2, IDLE_POLL)
+                await self._wait(self.bus.wait_for_events(read_to, idle), None)
+        finally:
+            self._delivered.set()
+            await recorder
 
-    async def _record(self, events: list[Event], task: asyncio.Task[list[Retry]]) -> None:
-        """Make a delivered batch's outcome durable and move the dispatch position past it."""
-        seq = events[-1].seq
+    async def _wait(self, work: Awaitable[Any], timeout: float | None) -> None:
+        """Wait for ``work``, for ``timeout`` or until the engine stops, whichever is first."""
+        waits = {asyncio.ensure_future(work), asyncio.ensure_future(self._stopping.wait())}
+        _, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for future in pending:
+            future.cancel()
+
+    async def _record_loop(self) -> None:
+        """Record delivered batches in log order, several in one commit when they are ready."""
+        inflight = self._inflight
+        while inflight or not self._stopping.is_set():
+            if not inflight or not inflight[0][1].done():
+                self._delivered.clear()
+                if inflight and inflight[0][1].done():
+                    continue
+                if not inflight and self._stopping.is_set():
+                    break
+                await self._delivered.wait()
+                continue
+            done = []
+            while inflight and inflight[0][1].done():
+                events, task = inflight[0]
+                if task.exception() is not None:
+                    break
+                done.append(inflight.popleft())
+            if not done:
+                # The oldest batch crashed: nothing of it was recorded, so
+                # deliver it again after a pause (actions are idempotent).
+                events, task = inflight[0]
+                log.error(
+                    "delivering events up to %d failed; delivering them again",
+                    events[-1].seq,
+                    exc_info=task.exception(),
+                )
+                await asyncio.sleep(1)
+                retry = asyncio.create_task(self._deliver(events))
+                retry.add_done_callback(lambda _: self._delivered.set())
+                inflight[0] = (events, retry)
+                continue
+            await self._record(
+                [events for events, _ in done], [r for _, task in done for r in task.result()]
+            )
+            self._progress.set()
+
+    async def _record(self, batches: list[list[Event]], retries: list[Retry]) -> None:
+        """Make delivered batches' outcome durable and move the dispatch position past them."""
+        seq = batches[-1][-1].seq
         while True:
             try:
-                retries = await task
                 await self.services.objects.flush()
                 await self.bus.commit_dispatch(seq, retries)
                 self.dispatched = seq
                 return
             except Exception:
-                # Nothing was recorded, so the batch is not lost: deliver it
-                # again after a pause (actions are idempotent per delivery).
-                log.exception("delivering events up to %d failed; delivering them again", seq)
+                # Nothing was recorded; the deliveries' results are still in
+                # hand, so only recording is tried again.
+                log.exception("recording dispatch up to event %d failed; trying again", seq)
                 await asyncio.sleep(1)
-                if task.exception() is not None:
-                    task = asyncio.create_task(self._deliver(events))
 
     async def _deliver(self, events: list[Event]) -> list[Retry]:
         """Evaluate and deliver a batch; returns the deliveries that need a retry."""
