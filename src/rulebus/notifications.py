@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -61,22 +62,34 @@ class Notifier:
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
-    async def notify(self, topic: str, delivery: Delivery, *, message_id: str) -> None:
-        body = codec.dumps(delivery.output)
+    async def notify_many(
+        self, topic: str, deliveries: Sequence[Delivery], message_ids: Sequence[str]
+    ) -> list[Exception | None]:
+        """Send each delivery's output to every subscriber; returns each delivery's error.
+
+        A delivery fails if any of its webhooks fails; its retry sends to all
+        of them again, and receivers drop repeats by ``webhook-id``.
+        """
         subscribers = self._topics[topic].subscribers
-        webhooks = []
-        for sub in subscribers:
-            if sub.kind == "log":
+        logs = any(sub.kind == "log" for sub in subscribers)
+        hooks = [sub for sub in subscribers if sub.kind == "webhook"]
+        posts = []
+        owners = []
+        for i, (delivery, message_id) in enumerate(zip(deliveries, message_ids, strict=True)):
+            body = codec.dumps(delivery.output)
+            if logs:
                 self._log.info("%s %s %s", topic, delivery.event.id, body.decode())
-            else:
-                webhooks.append(self._post(sub, topic, delivery, message_id, body))
-        if not webhooks:
-            return
-        results = await asyncio.gather(*webhooks, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            retryable = all(getattr(e, "retryable", True) for e in errors)
-            raise ActionError("; ".join(str(e) for e in errors), retryable=retryable)
+            for sub in hooks:
+                posts.append(self._post(sub, topic, delivery, message_id, body))
+                owners.append(i)
+        errors: list[list[BaseException]] = [[] for _ in deliveries]
+        if posts:
+            for i, result in zip(
+                owners, await asyncio.gather(*posts, return_exceptions=True), strict=True
+            ):
+                if isinstance(result, BaseException):
+                    errors[i].append(result)
+        return [_combined(errs) if errs else None for errs in errors]
 
     async def _post(
         self, sub: SubscriberSpec, topic: str, delivery: Delivery, message_id: str, body: bytes
@@ -107,3 +120,8 @@ class Notifier:
             # for the statuses that ask the sender to come back later.
             retryable = status >= 500 or status in (408, 409, 425, 429)
             raise ActionError(f"webhook {sub.url} answered {status}", retryable=retryable)
+
+
+def _combined(errors: list[BaseException]) -> ActionError:
+    retryable = all(getattr(e, "retryable", True) for e in errors)
+    return ActionError("; ".join(str(e) for e in errors), retryable=retryable)

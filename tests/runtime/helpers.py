@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -63,6 +63,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
 class Server:
     """``rulebus up`` in its own process, on a free port."""
 
+    running: ClassVar[list[Server]] = []  # stopped after each test, whatever happened
+
     def __init__(
         self, app: Path, data_dir: Path, env: dict[str, str] | None = None, *args: str
     ) -> None:
@@ -76,6 +78,7 @@ class Server:
         self.output: list[str] = []
 
     def start(self) -> Server:
+        Server.running.append(self)
         self.proc = subprocess.Popen(
             [
                 sys.executable,

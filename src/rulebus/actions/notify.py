@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rulebus.actions.base import Action, Declared, Delivery, Services, reference
 from rulebus.actions.registry import register
 from rulebus.template.options import Options
@@ -22,4 +24,12 @@ class NotifyAction(Action):
         return cls(reference(opts, "topic", declared.notifications, "notification topic"))
 
     async def run(self, delivery: Delivery, index: int, services: Services) -> None:
-        await services.notifier.notify(self.topic, delivery, message_id=delivery.derived_id(index))
+        (error,) = await self.run_many([delivery], index, services)
+        if error is not None:
+            raise error
+
+    async def run_many(
+        self, deliveries: Sequence[Delivery], index: int, services: Services
+    ) -> list[Exception | None]:
+        ids = [delivery.derived_id(index) for delivery in deliveries]
+        return await services.notifier.notify_many(self.topic, deliveries, ids)

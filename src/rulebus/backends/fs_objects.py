@@ -66,7 +66,7 @@ class _FileWriter:
     writes are taken together and their callers woken together.
     """
 
-    def __init__(self, write: Callable[[Path, bytes], None], threads: int = 4) -> None:
+    def __init__(self, write: Callable[[str, bytes], None], threads: int = 4) -> None:
         self._write = write
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # Creating a file is mostly waiting on the file system, which a few
@@ -88,7 +88,7 @@ class _FileWriter:
             if thread.is_alive():
                 thread.join()
 
-    def submit(self, path: Path, body: bytes) -> asyncio.Future[None]:
+    def submit(self, path: str, body: bytes) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._queue.put((path, body, future, loop))
@@ -131,7 +131,7 @@ class FileObjectStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._dirty: set[Path] = set()
+        self._dirty: set[str] = set()
         self._syncfs = _syncfs()
         self._buckets: dict[str, Path] = {}
         self._writer = _FileWriter(self._write)
@@ -154,11 +154,11 @@ class FileObjectStore:
             self._buckets[bucket] = path
         return path
 
-    def _path(self, bucket: str, key: str) -> Path:
+    def _path(self, bucket: str, key: str) -> str:
         # validate_key admits no '.', '..' or empty segment, and buckets are
         # plain directories made by create_bucket, so the joined path stays
         # inside the bucket without resolving it on every put.
-        return self._bucket(bucket) / validate_key(key)
+        return f"{self._bucket(bucket)}/{validate_key(key)}"
 
     async def create_bucket(self, name: str) -> None:
         path = self.root / validate_bucket(name)
@@ -171,19 +171,24 @@ class FileObjectStore:
         self._dirty.add(path)
 
     @staticmethod
-    def _write(path: Path, body: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def _write(path: str, body: bytes) -> None:
+        folder, _, name = path.rpartition("/")
         # Write then rename: a reader never sees half an object, and a crash
         # leaves either the old object or the new one.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(tmp, "wb") as f:
+        tmp = f"{folder}/.{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            f = open(tmp, "wb")  # noqa: SIM115  (the retry below needs it outside a with)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            f = open(tmp, "wb")  # noqa: SIM115
+        with f:
             f.write(body)
         os.replace(tmp, path)
 
     async def put_many(
         self, bucket: str, objects: Sequence[tuple[str, bytes]]
     ) -> list[Exception | None]:
-        pending: list[tuple[int, Path, asyncio.Future[None]]] = []
+        pending: list[tuple[int, str, asyncio.Future[None]]] = []
         errors: list[Exception | None] = [None] * len(objects)
         for i, (key, body) in enumerate(objects):
             try:
@@ -214,7 +219,7 @@ class FileObjectStore:
                 self._dirty |= dirty
                 raise
 
-    def _sync(self, paths: set[Path]) -> None:
+    def _sync(self, paths: set[str]) -> None:
         # One syncfs per batch of deliveries is far cheaper than an fsync per
         # object; fall back to fsyncing each file and directory without it.
         if self._syncfs is not None:
@@ -226,7 +231,7 @@ class FileObjectStore:
             finally:
                 os.close(fd)
             return
-        for path in paths | {p.parent for p in paths}:
+        for path in paths | {os.path.dirname(p) for p in paths}:
             with contextlib.suppress(FileNotFoundError):
                 fd = os.open(path, os.O_RDONLY)
                 try:
@@ -237,7 +242,8 @@ class FileObjectStore:
     async def get(self, bucket: str, key: str) -> bytes:
         path = self._path(bucket, key)
         try:
-            return path.read_bytes()
+            with open(path, "rb") as f:
+                return f.read()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"no object {key!r} in bucket {bucket!r}") from None
 

@@ -137,6 +137,9 @@ def _run(main: object) -> None:
 
 def _log_to_stderr(level: str) -> logging.handlers.QueueListener:
     """Log through a queue, so writing log lines never blocks the event loop."""
+    # Log records never show the caller's file and line, so skip finding
+    # them (the logging docs' own optimisation for hot paths).
+    logging._srcfile = None
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     stream = logging.StreamHandler()
     stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
