@@ -22,6 +22,7 @@ T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
 
 _STOP = object()
+CHECKPOINT_EVERY = 0.5  # seconds
 
 
 def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -42,6 +43,10 @@ class GroupCommitWriter:
     """
 
     def __init__(self, path: Path, *, max_batch: int = 2000, name: str = "sqlite-writer") -> None:
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint, name=f"{name}-checkpoint", daemon=True
+        )
+        self._stopped = threading.Event()
         self._path = path
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -55,11 +60,30 @@ class GroupCommitWriter:
         self._ready.wait()
         if self._startup_error is not None:
             raise self._startup_error
+        self._checkpointer.start()
 
     def stop(self) -> None:
+        self._stopped.set()
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
+        if self._checkpointer.is_alive():
+            self._checkpointer.join()
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database in the background.
+
+        SQLite would otherwise checkpoint inside whichever commit crosses the
+        WAL's size limit, and that one commit (and every request waiting on
+        it) would take many times longer than the others.
+        """
+        conn = connect(self._path)
+        try:
+            while not self._stopped.wait(CHECKPOINT_EVERY):
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
 
     async def submit(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in the next group commit; returns once it is durable."""
@@ -71,6 +95,7 @@ class GroupCommitWriter:
     def _run(self) -> None:
         try:
             self._conn = connect(self._path)
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException as exc:  # reported to start()'s caller
             self._startup_error = exc
             self._ready.set()
