@@ -63,8 +63,12 @@ def receiver(workdir: Path, secret: str | None) -> Iterator[str]:
         cmd += ["--secret", secret]
     base = f"http://127.0.0.1:{port}"
     server = Server(
-        "webhook receiver", cmd, workdir / f"receiver-{port}.log",
-        health_url=base + "/healthz", env=child_env(), cwd=REPO,
+        "webhook receiver",
+        cmd,
+        workdir / f"receiver-{port}.log",
+        health_url=base + "/healthz",
+        env=child_env(),
+        cwd=REPO,
     )
     server.start()
     try:
@@ -79,16 +83,35 @@ def bare_stack(workdir: Path) -> Iterator[Deployment]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [
-        sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--host", "127.0.0.1",
-        "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-        "--no-access-log", "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.bare_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
     ]
-    server = Server("bare stack", cmd, workdir / f"bare-{port}.log",
-                    health_url=base + "/healthz", env=child_env(), cwd=REPO)
+    server = Server(
+        "bare stack",
+        cmd,
+        workdir / f"bare-{port}.log",
+        health_url=base + "/healthz",
+        env=child_env(),
+        cwd=REPO,
+    )
     server.start()
     try:
-        yield Deployment("bare stack", base, TableCounter(workdir / "none.sqlite3", "none"),
-                         None, [server.pid])
+        yield Deployment(
+            "bare stack", base, TableCounter(workdir / "none.sqlite3", "none"), None, [server.pid]
+        )
     finally:
         server.stop()
 
@@ -122,12 +145,26 @@ def rulebus(
         raise Unavailable(f"rulebus runtime not available: {reason}")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [str(rulebus_command()), "up", str(app), "--data-dir", str(data_dir),
-           "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        str(rulebus_command()),
+        "up",
+        str(app),
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     server = Server(
-        "rulebus", cmd, data_dir.parent / f"{data_dir.name}-rulebus.log",
-        health_url=base + "/healthz", ready_pattern=r"listening on http://",
-        env=dict(env or {}), cwd=REPO, start_timeout=60,
+        "rulebus",
+        cmd,
+        data_dir.parent / f"{data_dir.name}-rulebus.log",
+        health_url=base + "/healthz",
+        ready_pattern=r"listening on http://",
+        env=dict(env or {}),
+        cwd=REPO,
+        start_timeout=60,
     )
     try:
         server.start()
@@ -146,7 +183,9 @@ def rulebus(
 def rulebus_exchange(workdir: Path, receiver_url: str, secret: str) -> Iterator[Deployment]:
     """The exchange example with its fraud webhook pointed at the receiver."""
     data_dir = workdir / f"rulebus-data-{free_port()}"
-    env = {"RULEBUS_FRAUD_WEBHOOK_URL": receiver_url + "/fraud",
-           "RULEBUS_FRAUD_WEBHOOK_SECRET": secret}
+    env = {
+        "RULEBUS_FRAUD_WEBHOOK_URL": receiver_url + "/fraud",
+        "RULEBUS_FRAUD_WEBHOOK_SECRET": secret,
+    }
     with rulebus(EXCHANGE, data_dir, env=env) as deployment:
         yield deployment

@@ -24,9 +24,7 @@ def is_fraud(event_id: str) -> bool:
     return int(hashlib.sha256(event_id.encode()).hexdigest()[:8], 16) % 2 == 1
 
 
-def make_events(
-    n: int, seed: int, event_type: str | None = None
-) -> Iterator[dict[str, object]]:
+def make_events(n: int, seed: int, event_type: str | None = None) -> Iterator[dict[str, object]]:
     """Yield ``n`` events; even positions are buys, odd positions sells.
 
     ``event_type`` gives every event that type instead (figure 4's single topic).

@@ -80,8 +80,16 @@ def closed_loop(
             Path(script).unlink(missing_ok=True)
         return {"generator": "wrk", **parse_wrk(out)}
     result = run_loadgen(
-        ["closed", url, "--body", body.decode(), "--connections", str(connections),
-         "--duration", str(duration)],
+        [
+            "closed",
+            url,
+            "--body",
+            body.decode(),
+            "--connections",
+            str(connections),
+            "--duration",
+            str(duration),
+        ],
         timeout=duration + 60,
     )
     return {"generator": "python", **result}

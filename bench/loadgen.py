@@ -148,8 +148,7 @@ async def steady_rate(
 ) -> dict[str, Any]:
     host, port, path = _split(url)
     bodies = [
-        (str(e["id"]), json.dumps(e, separators=(",", ":")).encode())
-        for e in make_events(n, seed)
+        (str(e["id"]), json.dumps(e, separators=(",", ":")).encode()) for e in make_events(n, seed)
     ]
     idle: list[HttpConnection] = []
     acks: list[tuple[str, float, float]] = []

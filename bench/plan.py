@@ -22,12 +22,24 @@ class Sizes:
 
 
 QUICK = Sizes(
-    runs=3, ingest_seconds=2, pipeline_n=20_000, peer_n=2_000, rules_n=10_000,
-    latency_seconds=2, latency_rate=5_000, storage_n=20_000,
+    runs=3,
+    ingest_seconds=2,
+    pipeline_n=20_000,
+    peer_n=2_000,
+    rules_n=10_000,
+    latency_seconds=2,
+    latency_rate=5_000,
+    storage_n=20_000,
 )
 FULL = Sizes(
-    runs=3, ingest_seconds=10, pipeline_n=1_000_000, peer_n=50_000, rules_n=200_000,
-    latency_seconds=20, latency_rate=5_000, storage_n=1_000_000,
+    runs=3,
+    ingest_seconds=10,
+    pipeline_n=1_000_000,
+    peer_n=50_000,
+    rules_n=200_000,
+    latency_seconds=20,
+    latency_rate=5_000,
+    storage_n=1_000_000,
 )
 
 

@@ -72,9 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=QUICK.pipeline_n, help="events to post")
     parser.add_argument("--out", type=Path, default=Path("rulebus-profile.txt"))
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
-    parser.add_argument("--gil", action="store_true",
-                        help="sample only the thread holding the GIL (where Python CPU goes); "
-                             "by default every active thread, including ones blocked in I/O")
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread holding the GIL (where Python CPU goes); "
+        "by default every active thread, including ones blocked in I/O",
+    )
     args = parser.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
@@ -86,10 +89,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with receiver(workdir, secret) as hook, rulebus_exchange(workdir, hook, secret) as d:
             recorder = subprocess.Popen(
-                [spy, "record", "--pid", str(d.pids[0]), "--subprocesses", "--format", "raw",
-                 "--rate", str(args.rate), "--output", str(args.out), "--nonblocking",
-                 *(["--gil"] if args.gil else [])],
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(d.pids[0]),
+                    "--subprocesses",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    str(args.rate),
+                    "--output",
+                    str(args.out),
+                    "--nonblocking",
+                    *(["--gil"] if args.gil else []),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             try:
                 result = run_once(d, hook, plan, args.n, seed, expected_alerts(args.n, seed))
@@ -101,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"{args.n:,} events in {result['seconds']:.2f} s "
-          f"({result['events_per_s']:,.0f} events/s under the profiler)\n")
+    print(
+        f"{args.n:,} events in {result['seconds']:.2f} s "
+        f"({result['events_per_s']:,.0f} events/s under the profiler)\n"
+    )
     print(summarize(args.out))
     return 0
 

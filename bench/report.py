@@ -71,13 +71,12 @@ def table(figures: list[Figure]) -> str:
     for f in figures:
         met = "n/a" if f.met is None else ("yes" if f.met else "no")
         value = _fmt(f.value, f.unit) if f.error is None or f.value is not None else "n/a"
-        baseline = (
-            f"{_fmt(f.baseline, f.unit)} ({f.baseline_name})" if f.baseline_name else ""
-        )
+        baseline = f"{_fmt(f.baseline, f.unit)} ({f.baseline_name})" if f.baseline_name else ""
         rows.append((f.title, value, baseline, _fmt(f.ratio), f.target, met))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-             for r in rows]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for f in figures:
         for note in f.notes:
@@ -105,8 +104,11 @@ def machine() -> dict[str, Any]:
         pass
     with contextlib.suppress(OSError):
         info["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-            cwd=Path(__file__).parent, check=False,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=False,
         ).stdout.strip()
     return info
 

@@ -37,8 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(FIGURES)}")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where runs keep their data (default: a temporary directory)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where runs keep their data (default: a temporary directory)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
 
@@ -65,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                 result = Figure(name, name, error=f"{type(exc).__name__}: {exc}")
             got = result if isinstance(result, list) else [result]
             figures.extend(got)
-            print(f"[bench] {name} done in {time.monotonic() - t0:.1f} s", file=sys.stderr,
-                  flush=True)
+            print(
+                f"[bench] {name} done in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True
+            )
             if name == "pipeline":
                 plan.pipeline_events_per_s = got[0].value
     finally:

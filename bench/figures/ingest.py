@@ -39,16 +39,22 @@ def wait_quiet(deployment: Deployment, expected: int, timeout: float = 120.0) ->
 
 def measure(plan: Plan) -> Figure:
     s = plan.sizes
-    fig = Figure("1_ingest", "1. single-event ingest ÷ bare stack", unit="req/s",
-                 baseline_name="bare Starlette 204", target=f"≥ {TARGET}")
+    fig = Figure(
+        "1_ingest",
+        "1. single-event ingest ÷ bare stack",
+        unit="req/s",
+        baseline_name="bare Starlette 204",
+        target=f"≥ {TARGET}",
+    )
     bare_rps: list[float] = []
     rulebus_rps: list[float] = []
     workdir = plan.run_dir("ingest")
     secret = new_secret()
 
     def turn(deployment: Deployment) -> dict[str, Any]:
-        return load.closed_loop(deployment.single_url, SINGLE_BODY,
-                                connections=s.connections, duration=s.ingest_seconds)
+        return load.closed_loop(
+            deployment.single_url, SINGLE_BODY, connections=s.connections, duration=s.ingest_seconds
+        )
 
     with bare_stack(workdir) as bare, receiver(workdir, secret) as hook:
         try:

@@ -115,23 +115,30 @@ def measure(plan: Plan) -> list[Figure]:
     if achieved < 0.95 * rate:
         p99.notes.append(f"did not keep up: {achieved:,.0f} events/s sent and acknowledged")
     p50.notes.append(
-        "resolution: one tail poll, "
-        f"{median([r['poll_ms'] for r in per_run]):.2f} ms median period"
+        f"resolution: one tail poll, {median([r['poll_ms'] for r in per_run]):.2f} ms median period"
     )
     return figures
 
 
-def _one_run(
-    db: Path, workdir: Path, url: str, n: int, rate: float, seed: int
-) -> dict[str, float]:
+def _one_run(db: Path, workdir: Path, url: str, n: int, rate: float, seed: int) -> dict[str, float]:
     acks_path = workdir / f"acks-{seed}.tsv"
     tail = TableTail(db, "events")
     tail.start()
     started = time.monotonic()
     try:
         sent = load.run_loadgen(
-            ["rate", url, "--n", str(n), "--seed", str(seed), "--rate", str(rate),
-             "--acks", str(acks_path)],
+            [
+                "rate",
+                url,
+                "--n",
+                str(n),
+                "--seed",
+                str(seed),
+                "--rate",
+                str(rate),
+                "--acks",
+                str(acks_path),
+            ],
             timeout=n / rate + 120,
         )
         acks = _read_acks(acks_path)

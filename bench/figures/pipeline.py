@@ -72,13 +72,28 @@ def wait_done(
 
 
 def run_once(
-    d: Deployment, hook: str | None, plan: Plan, n: int, seed: int, alerts: int,
+    d: Deployment,
+    hook: str | None,
+    plan: Plan,
+    n: int,
+    seed: int,
+    alerts: int,
     event_type: str | None = None,
 ) -> dict[str, Any]:
     """Post the stream ``(n, seed)`` to ``d`` and time it until the evidence is complete."""
     s = plan.sizes
-    args = ["batches", d.batch_url, "--n", str(n), "--seed", str(seed),
-            "--batch-size", str(s.batch_size), "--concurrency", str(s.batch_concurrency)]
+    args = [
+        "batches",
+        d.batch_url,
+        "--n",
+        str(n),
+        "--seed",
+        str(seed),
+        "--batch-size",
+        str(s.batch_size),
+        "--concurrency",
+        str(s.batch_concurrency),
+    ]
     if event_type:
         args += ["--type", event_type]
     with PeakRss(d.pids) as rss:
@@ -118,12 +133,21 @@ def run_fresh(start: Starter, plan: Plan, name: str, n: int, seed: int) -> dict[
 def measure_rulebus(plan: Plan) -> list[Figure]:
     """Figure 2, plus the storage comparison's numerator."""
     n = plan.sizes.pipeline_n
-    eps = Figure("2_pipeline", f"2. exchange pipeline, N = {n:,}", unit="events/s",
-                 target=f"≥ {TARGET_EVENTS_PER_S:,.0f}")
-    seconds = Figure("2_seconds", f"2. time for N = {n:,}", unit="s",
-                     target=f"≤ {TARGET_SECONDS:.0f}" if n >= 1_000_000 else "")
-    rss = Figure("2_rss", "2. peak RSS, rulebus processes", unit="MB",
-                 target=f"≤ {TARGET_RSS_MB:.0f}")
+    eps = Figure(
+        "2_pipeline",
+        f"2. exchange pipeline, N = {n:,}",
+        unit="events/s",
+        target=f"≥ {TARGET_EVENTS_PER_S:,.0f}",
+    )
+    seconds = Figure(
+        "2_seconds",
+        f"2. time for N = {n:,}",
+        unit="s",
+        target=f"≤ {TARGET_SECONDS:.0f}" if n >= 1_000_000 else "",
+    )
+    rss = Figure(
+        "2_rss", "2. peak RSS, rulebus processes", unit="MB", target=f"≤ {TARGET_RSS_MB:.0f}"
+    )
     figures = [eps, seconds, rss]
     runs: list[dict[str, Any]] = []
     try:
@@ -148,8 +172,13 @@ def measure_rulebus(plan: Plan) -> list[Figure]:
 def measure_peer(plan: Plan) -> Figure:
     """Figure 3: rulebus and the peer take turns on the same N."""
     n = plan.sizes.peer_n
-    fig = Figure("3_peer", f"3. rulebus ÷ FastAPI+Celery+Redis, N = {n:,}", unit="events/s",
-                 baseline_name="FastAPI+Celery+Redis", target=f"≥ {TARGET_PEER_RATIO:.0f}×")
+    fig = Figure(
+        "3_peer",
+        f"3. rulebus ÷ FastAPI+Celery+Redis, N = {n:,}",
+        unit="events/s",
+        baseline_name="FastAPI+Celery+Redis",
+        target=f"≥ {TARGET_PEER_RATIO:.0f}×",
+    )
     peer_eps: list[float] = []
     rulebus_eps: list[float] = []
     rulebus_error: str | None = None

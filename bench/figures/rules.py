@@ -52,8 +52,13 @@ def write_app(directory: Path, n_rules: int) -> Path:
 
 def measure(plan: Plan) -> Figure:
     n = plan.sizes.rules_n
-    fig = Figure("4_rules", f"4. {LARGE:,} rules ÷ {SMALL} rules", unit="events/s",
-                 baseline_name=f"{SMALL} rules", target=f"≥ {TARGET}")
+    fig = Figure(
+        "4_rules",
+        f"4. {LARGE:,} rules ÷ {SMALL} rules",
+        unit="events/s",
+        baseline_name=f"{SMALL} rules",
+        target=f"≥ {TARGET}",
+    )
     workdir = plan.run_dir("rules")
     apps = {count: write_app(workdir / f"app-{count}", count) for count in (SMALL, LARGE)}
     eps: dict[int, list[float]] = {SMALL: [], LARGE: []}
@@ -61,8 +66,9 @@ def measure(plan: Plan) -> Figure:
         for i in range(plan.sizes.runs):
             for count, app in apps.items():
                 with rulebus(app, workdir / f"data-{count}-{free_port()}", bucket=None) as d:
-                    result = run_once(d, None, plan, n, seed=400 + i, alerts=0,
-                                      event_type=f"r{count - 1}")
+                    result = run_once(
+                        d, None, plan, n, seed=400 + i, alerts=0, event_type=f"r{count - 1}"
+                    )
                 eps[count].append(result["events_per_s"])
     except (Unavailable, RuntimeError) as exc:
         fig.error = str(exc)

@@ -32,8 +32,12 @@ def measure(plan: Plan) -> list[Figure]:
     figures = []
     for i, key in enumerate(rules):
         case = key.removeprefix("sql_").removesuffix("_evals_per_s")
-        fig = Figure(f"6_sql_{case}", TITLES.get(case, f"6. SQL: {case}"), unit="eval/s",
-                     value=float(results[key]))
+        fig = Figure(
+            f"6_sql_{case}",
+            TITLES.get(case, f"6. SQL: {case}"),
+            unit="eval/s",
+            value=float(results[key]),
+        )
         if i < len(baselines):
             fig.baseline = float(results[baselines[i]])
             fig.baseline_name = "hand-written Python"

@@ -17,16 +17,15 @@ from bench.events import make_events
 from bench.plan import Plan
 from bench.report import Figure, median, ratio
 
-SCHEMA = (
-    'CREATE TABLE "events" ("id" NOT NULL, item BLOB NOT NULL, PRIMARY KEY ("id"))'
-)
+SCHEMA = 'CREATE TABLE "events" ("id" NOT NULL, item BLOB NOT NULL, PRIMARY KEY ("id"))'
 INSERT = 'INSERT OR REPLACE INTO "events" ("id", item) VALUES (?, ?)'
 
 
 def insert_rate(plan: Plan, n: int, seed: int) -> float:
     """Rows per second for ``n`` rows in transactions of ``batch_size``; a fresh file."""
-    rows = [(str(e["id"]), json.dumps(e, separators=(",", ":")).encode())
-            for e in make_events(n, seed)]
+    rows = [
+        (str(e["id"]), json.dumps(e, separators=(",", ":")).encode()) for e in make_events(n, seed)
+    ]
     path = plan.run_dir("storage") / f"ceiling-{seed}.sqlite3"
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -37,7 +36,7 @@ def insert_rate(plan: Plan, n: int, seed: int) -> float:
         start = time.perf_counter()
         for i in range(0, n, size):
             conn.execute("BEGIN")
-            conn.executemany(INSERT, rows[i:i + size])
+            conn.executemany(INSERT, rows[i : i + size])
             conn.execute("COMMIT")
         return n / (time.perf_counter() - start)
     finally:
@@ -48,8 +47,13 @@ def insert_rate(plan: Plan, n: int, seed: int) -> float:
 
 def measure(plan: Plan) -> Figure:
     n = plan.sizes.storage_n
-    fig = Figure("7_storage", "7. pipeline ÷ raw SQLite inserts", unit="events/s",
-                 baseline_name=f"raw inserts, {n:,} rows", target="report it")
+    fig = Figure(
+        "7_storage",
+        "7. pipeline ÷ raw SQLite inserts",
+        unit="events/s",
+        baseline_name=f"raw inserts, {n:,} rows",
+        target="report it",
+    )
     rates = [insert_rate(plan, n, seed=700 + i) for i in range(plan.sizes.runs)]
     fig.runs["ceiling_rows_per_s"] = rates
     fig.baseline = median(rates)

@@ -45,34 +45,69 @@ def celery_peer(
     with sqlite3.connect(db_path) as conn:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(config.SCHEMA)
-    env = child_env({
-        "PEER_REDIS_URL": redis_url,
-        "PEER_DB": str(db_path),
-        "PEER_ALERT_DIR": str(alerts),
-        "PEER_WEBHOOK_URL": receiver_url + "/fraud",
-        "PEER_WEBHOOK_SECRET": secret,
-    })
+    env = child_env(
+        {
+            "PEER_REDIS_URL": redis_url,
+            "PEER_DB": str(db_path),
+            "PEER_ALERT_DIR": str(alerts),
+            "PEER_WEBHOOK_URL": receiver_url + "/fraud",
+            "PEER_WEBHOOK_SECRET": secret,
+        }
+    )
     base = f"http://127.0.0.1:{port}"
     api = Server(
         "peer api",
-        [sys.executable, "-m", "uvicorn", "bench.peers.celery_app.api:app", "--host",
-         "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
-         "--no-access-log", "--log-level", "warning"],
-        home / "api.log", health_url=base + "/healthz", env=env, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.peers.celery_app.api:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        home / "api.log",
+        health_url=base + "/healthz",
+        env=env,
+        cwd=REPO,
     )
     worker = Server(
         "peer worker",
-        [sys.executable, "-m", "celery", "-A", "bench.peers.celery_app.tasks", "worker",
-         "--pool", "prefork", "--concurrency", str(WORKER_CONCURRENCY), "--loglevel",
-         "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        home / "worker.log", ready_pattern=r"peer worker ready", env=env, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.peers.celery_app.tasks",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(WORKER_CONCURRENCY),
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        home / "worker.log",
+        ready_pattern=r"peer worker ready",
+        env=env,
+        cwd=REPO,
         start_timeout=60,
     )
     counter = TableCounter(db_path, "events")
     try:
         with running(worker, api):
-            yield Deployment("FastAPI+Celery+Redis", base, counter, alerts,
-                             [api.pid, worker.pid])
+            yield Deployment("FastAPI+Celery+Redis", base, counter, alerts, [api.pid, worker.pid])
     except StartError as exc:
         raise Unavailable(str(exc)) from None
     finally:

@@ -1,0 +1,81 @@
+"""User code and runaway rules cannot stop the engine or fill the disk."""
+
+import json
+import textwrap
+from pathlib import Path
+
+from tests.runtime.helpers import Server, cli, scan, wait_until
+
+APP = """
+tables:
+  seen:
+    key: [id]
+functions:
+  quitter:
+    handler: handlers:quit
+    timeout: 2s
+retry:
+  attempts: 2
+  backoff: 50ms
+  max_backoff: 100ms
+rules:
+  call-quitter:
+    sql: SELECT * FROM 'jobs/quit'
+    actions:
+      - function: {name: quitter}
+  echo:
+    sql: SELECT * FROM 'loop/#'
+    actions:
+      - republish: {topic: "loop/${topic(2)}"}
+  archive:
+    sql: SELECT * FROM 'jobs/+'
+    actions:
+      - table: {name: seen}
+"""
+
+HANDLERS = """
+import sys
+
+
+def quit(event, ctx):
+    sys.exit(3)
+"""
+
+
+def make_app(tmp_path: Path) -> Path:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "rulebus.yaml").write_text(textwrap.dedent(APP))
+    (app / "handlers.py").write_text(textwrap.dedent(HANDLERS))
+    return app
+
+
+def dead_letters(data: Path) -> list[dict]:
+    out = cli("dlq", "ls", data_dir=data, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_a_handler_that_calls_sys_exit_fails_its_delivery_only(tmp_path: Path) -> None:
+    """sys.exit in a function is an action failure: retried, dead-lettered, and the
+    engine goes on with other events."""
+    server = Server(make_app(tmp_path), tmp_path / "data").start()
+    worker = wait_until(server.worker_pid, what="the worker")
+    server.post("/topics/jobs/quit", {"id": "q-1"})
+    server.post("/topics/jobs/other", {"id": "o-1"})
+    letters = wait_until(lambda: dead_letters(server.data_dir), what="a dead letter")
+    assert letters[0]["rule"] == "call-quitter"
+    assert "SystemExit" in letters[0]["failures"][0]["errorMessage"]
+    assert {row["id"] for row in scan("seen", server.data_dir)} == {"q-1", "o-1"}
+    assert server.worker_pid() == worker  # never restarted: it did not die
+
+
+def test_a_rule_that_republishes_into_its_own_filter_stops_after_16_hops(
+    tmp_path: Path,
+) -> None:
+    """A loop the loader cannot see is cut by the hop limit, and dead-lettered."""
+    server = Server(make_app(tmp_path), tmp_path / "data").start()
+    server.post("/topics/loop/a", {"n": 1})
+    letters = wait_until(lambda: dead_letters(server.data_dir), what="a dead letter")
+    assert "passed through 16 rules" in letters[0]["failures"][0]["errorMessage"]
+    wait_until(server.idle, what="idle")
+    assert server.stats()["head"] == 17  # the original and 16 republished copies
