@@ -16,10 +16,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import aiohttp
-
 from rulebus import codec
 from rulebus.errors import ActionError
+from rulebus.http_client import HttpClient, HttpError
 
 if TYPE_CHECKING:
     from rulebus.actions.base import Delivery
@@ -49,18 +48,11 @@ class Notifier:
 
     def __init__(self, topics: dict[str, NotificationSpec]) -> None:
         self._topics = topics
-        self._session: aiohttp.ClientSession | None = None
+        self._http = HttpClient(limit=64)
         self._log = logging.getLogger("rulebus.notify")
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
-            self._session = aiohttp.ClientSession(connector=connector)
-        return self._session
+        await self._http.close()
 
     async def notify_many(
         self, topic: str, deliveries: Sequence[Delivery], message_ids: Sequence[str]
@@ -107,13 +99,8 @@ class Notifier:
         if sub.secret:
             headers["webhook-signature"] = sign(sub.secret, message_id, now, body)
         try:
-            timeout = aiohttp.ClientTimeout(total=sub.timeout)
-            async with self._client().post(
-                sub.url, data=body, headers=headers, timeout=timeout
-            ) as response:
-                await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            status = await self._http.post(sub.url, body, headers, sub.timeout)
+        except (HttpError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
             raise ActionError(f"webhook {sub.url}: {type(exc).__name__}: {exc}") from None
         if status >= 300:
             # 4xx means the request itself is wrong and will stay wrong, except

@@ -1,0 +1,141 @@
+"""The webhook client against real sockets speaking the variants of HTTP/1.x servers use."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from rulebus.http_client import HttpClient, HttpError
+
+Respond = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def serve(respond: Respond) -> tuple[asyncio.Server, str]:
+    server = await asyncio.start_server(respond, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/hook?x=1"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head + await reader.readexactly(length)
+
+
+def run(coro: Awaitable[None]) -> None:
+    asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def test_keeps_one_connection_alive_across_requests() -> None:
+    """Successive POSTs reuse the connection, and the request carries body and headers."""
+    seen: list[bytes] = []
+    connections = 0
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                seen.append(await read_request(reader))
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    async def main() -> None:
+        server, url = await serve(respond)
+        client = HttpClient()
+        statuses = [await client.post(url, b'{"a":1}', {"x-h": "v"}, 5) for _ in range(3)]
+        await client.close()
+        server.close()
+        assert statuses == [200, 200, 200]
+        assert connections == 1
+        assert seen[0].startswith(b"POST /hook?x=1 HTTP/1.1\r\n")
+        assert b"\r\nx-h: v\r\n" in seen[0] and seen[0].endswith(b'\r\n\r\n{"a":1}')
+
+    run(main())
+
+
+def test_reads_chunked_bodies_and_http_1_0_answers() -> None:
+    """Chunked bodies are consumed whole; an HTTP/1.0 answer closes the connection."""
+    answers = [
+        b"HTTP/1.1 503 Busy\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.0 204 No Content\r\n\r\n",
+        b"HTTP/1.1 201 Created\r\n\r\nbody until close",
+    ]
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while answers:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            answer = answers.pop(0)
+            writer.write(answer)
+            if not answer.startswith(b"HTTP/1.1 503"):
+                writer.close()
+                return
+
+    async def main() -> None:
+        server, url = await serve(respond)
+        client = HttpClient()
+        assert await client.post(url, b"{}", {}, 5) == 503
+        assert await client.post(url, b"{}", {}, 5) == 204
+        assert await client.post(url, b"{}", {}, 5) == 201
+        await client.close()
+        server.close()
+
+    run(main())
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced() -> None:
+    """A server that closes idle connections costs a reconnect, not a failure."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()  # without saying "connection: close"
+
+    async def main() -> None:
+        server, url = await serve(respond)
+        client = HttpClient()
+        assert await client.post(url, b"{}", {}, 5) == 200
+        await asyncio.sleep(0.05)
+        assert await client.post(url, b"{}", {}, 5) == 200
+        await client.close()
+        server.close()
+
+    run(main())
+
+
+def test_silence_times_out_and_refusal_is_an_error() -> None:
+    """No answer within the timeout, or nobody listening, is an HttpError."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(10)
+
+    async def main() -> None:
+        server, url = await serve(respond)
+        client = HttpClient()
+        with pytest.raises(HttpError, match=r"no answer within 0\.2s"):
+            await client.post(url, b"{}", {}, 0.2)
+        server.close()
+        with pytest.raises(HttpError, match="cannot connect"):
+            await client.post("http://127.0.0.1:9/nobody", b"{}", {}, 2)
+        with pytest.raises(HttpError, match=r"not an HTTP/1\.x response"):
+            garbage, garbage_url = await serve(_garbage)
+            await client.post(garbage_url, b"{}", {}, 2)
+        garbage.close()
+        await client.close()
+
+    run(main())
+
+
+async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+    await writer.drain()
