@@ -63,9 +63,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 _COLUMNS = "seq, id, topic, ts, payload, client_id, principal, hops"
 
 # Events appended by this process are kept decoded for the dispatcher, so the
-# hot path never decodes a payload twice. Bounded: past it, the dispatcher
-# reads (and decodes) from the log like it does after a restart.
-TAIL_CACHE_LIMIT = 20_000
+# hot path never decodes a payload twice. Bounded, and only for events the
+# dispatcher will reach soon: past that, it reads (and decodes) them from the
+# log like it does after a restart, rather than hold them in memory for long.
+TAIL_CACHE_LIMIT = 4096
 
 
 def _row_event(row: tuple[Any, ...]) -> Event:
@@ -151,7 +152,7 @@ class SqliteBus:
         if len(self._tail) < self._cache_limit:
             for event, result in zip(events, results, strict=True):
                 # The dispatcher may have read it from the log already.
-                if not result.duplicate and result.seq > self._read_to:
+                if not result.duplicate and 0 < result.seq - self._read_to <= TAIL_CACHE_LIMIT:
                     event.seq = result.seq
                     self._tail[result.seq] = event
         self._appended.set()
