@@ -8,7 +8,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from rulebus.backends.base import Appended, ObjectStore, TableStore
 from rulebus.errors import ActionError, SqlError
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from rulebus.functions import FunctionHost
     from rulebus.notifications import Notifier
     from rulebus.template.options import Options
+
+T = TypeVar("T")
 
 _DERIVED = uuid.UUID("5b1d2f0e-6c1e-4f0a-9a57-7275c6562b75")
 
@@ -106,8 +108,11 @@ class Action(ABC):
     @abstractmethod
     def from_options(cls, opts: Options, declared: Declared) -> Action: ...
 
-    @abstractmethod
-    async def run(self, delivery: Delivery, index: int, services: Services) -> None: ...
+    async def run(self, delivery: Delivery, index: int, services: Services) -> None:
+        """Run for one delivery. Each action overrides ``run`` or ``run_many``."""
+        (error,) = await self.run_many([delivery], index, services)
+        if error is not None:
+            raise error
 
     async def run_many(
         self, deliveries: Sequence[Delivery], index: int, services: Services
@@ -122,6 +127,28 @@ class Action(ABC):
         return list(
             await asyncio.gather(*(_capture(self.run(d, index, services)) for d in deliveries))
         )
+
+
+async def in_one_go(
+    deliveries: Sequence[Delivery],
+    prepare: Callable[[Delivery], T],
+    submit: Callable[[list[T]], Awaitable[list[Exception | None]]],
+) -> list[Exception | None]:
+    """Prepare each delivery (an ActionError fails that one only), then submit the
+    prepared ones together; returns each delivery's error, or None."""
+    errors: list[Exception | None] = [None] * len(deliveries)
+    prepared: list[T] = []
+    positions = []
+    for i, delivery in enumerate(deliveries):
+        try:
+            prepared.append(prepare(delivery))
+            positions.append(i)
+        except ActionError as exc:
+            errors[i] = exc
+    if prepared:
+        for i, error in zip(positions, await submit(prepared), strict=True):
+            errors[i] = error
+    return errors
 
 
 async def _capture(work: Awaitable[None]) -> Exception | None:

@@ -25,11 +25,6 @@ class FunctionAction(Action):
     def from_options(cls, opts: Options, declared: Declared) -> Action:
         return cls(reference(opts, "name", declared.functions, "function"))
 
-    async def run(self, delivery: Delivery, index: int, services: Services) -> None:
-        (error,) = await self.run_many([delivery], index, services)
-        if error is not None:
-            raise error
-
     async def run_many(
         self, deliveries: Sequence[Delivery], index: int, services: Services
     ) -> list[Exception | None]:

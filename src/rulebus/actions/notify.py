@@ -23,11 +23,6 @@ class NotifyAction(Action):
     def from_options(cls, opts: Options, declared: Declared) -> Action:
         return cls(reference(opts, "topic", declared.notifications, "notification topic"))
 
-    async def run(self, delivery: Delivery, index: int, services: Services) -> None:
-        (error,) = await self.run_many([delivery], index, services)
-        if error is not None:
-            raise error
-
     async def run_many(
         self, deliveries: Sequence[Delivery], index: int, services: Services
     ) -> list[Exception | None]:

@@ -10,6 +10,7 @@ from rulebus.actions.base import (
     Declared,
     Delivery,
     Services,
+    in_one_go,
     reference,
     render,
     template_option,
@@ -44,28 +45,14 @@ class ObjectAction(Action):
             opts.fail("key", exc.message.replace(repr(shape), repr(opts.value["key"])))
         return cls(bucket, key)
 
-    async def run(self, delivery: Delivery, index: int, services: Services) -> None:
-        await services.objects.put(
-            self.bucket, self.object_key(delivery), codec.dumps(delivery.output)
-        )
-
     async def run_many(
         self, deliveries: Sequence[Delivery], index: int, services: Services
     ) -> list[Exception | None]:
-        errors: list[Exception | None] = [None] * len(deliveries)
-        objects = []
-        positions = []
-        for i, delivery in enumerate(deliveries):
-            try:
-                objects.append((self.object_key(delivery), codec.dumps(delivery.output)))
-                positions.append(i)
-            except ActionError as exc:
-                errors[i] = exc
-        for i, error in zip(
-            positions, await services.objects.put_many(self.bucket, objects), strict=True
-        ):
-            errors[i] = error
-        return errors
+        return await in_one_go(
+            deliveries,
+            lambda d: (self.object_key(d), codec.dumps(d.output)),
+            lambda objects: services.objects.put_many(self.bucket, objects),
+        )
 
     def object_key(self, delivery: Delivery) -> str:
         key = render(self.key, delivery, "object key")

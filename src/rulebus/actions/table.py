@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rulebus.actions.base import Action, Declared, Delivery, Services, reference, render
+from rulebus.actions.base import (
+    Action,
+    Declared,
+    Delivery,
+    Services,
+    in_one_go,
+    reference,
+    render,
+)
 from rulebus.actions.registry import register
 from rulebus.errors import ActionError
 from rulebus.sql import Template, compile_template
@@ -43,26 +51,12 @@ class TableAction(Action):
         key_opts.done()
         return cls(table, keys)
 
-    async def run(self, delivery: Delivery, index: int, services: Services) -> None:
-        await services.tables.put(self.table, self.item(delivery))
-
     async def run_many(
         self, deliveries: Sequence[Delivery], index: int, services: Services
     ) -> list[Exception | None]:
-        errors: list[Exception | None] = [None] * len(deliveries)
-        items = []
-        positions = []
-        for i, delivery in enumerate(deliveries):
-            try:
-                items.append(self.item(delivery))
-                positions.append(i)
-            except ActionError as exc:
-                errors[i] = exc
-        for i, error in zip(
-            positions, await services.tables.put_many(self.table, items), strict=True
-        ):
-            errors[i] = error
-        return errors
+        return await in_one_go(
+            deliveries, self.item, lambda items: services.tables.put_many(self.table, items)
+        )
 
     def item(self, delivery: Delivery) -> dict[str, Any]:
         """The row for a delivery: its output plus the key fields from templates."""
