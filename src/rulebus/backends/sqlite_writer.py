@@ -23,6 +23,9 @@ Work = Callable[[sqlite3.Connection], Any]
 
 _STOP = object()
 CHECKPOINT_EVERY = 0.5  # seconds
+# Measured at 1,000,000 exchange events: 2 MB 9,700 events/s; 16 MB 12,350
+# (peak RSS 232 MB for both processes); 32 MB 11,950 (286 MB).
+WRITER_CACHE_KIB = 16_000
 
 
 def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -96,6 +99,9 @@ class GroupCommitWriter:
         try:
             self._conn = connect(self._path)
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            # The writer's inserts walk the key indexes, which outgrow SQLite's
+            # default 2 MB page cache within a few hundred thousand rows.
+            self._conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         except BaseException as exc:  # reported to start()'s caller
             self._startup_error = exc
             self._ready.set()
