@@ -1,11 +1,12 @@
 """The engine: dispatch events from the bus to their rules, retry, dead-letter.
 
 The dispatcher reads the log in batches. For each event it asks the router
-for the rules whose filter matches, evaluates each rule's compiled SQL and
-runs the actions of every rule that fires, all deliveries of a batch
-concurrently. Failed deliveries are recorded in the bus's retry queue in
-the same transaction that moves the dispatch position past the batch, so a
-crash at any point re-delivers (at least once) and never forgets.
+for the rules whose filter matches and evaluates each rule's compiled SQL;
+each action then gets all of the batch's deliveries at once. Several batches
+are delivered at a time. The recorder makes their outcome durable in log
+order: failed deliveries go to the bus's retry queue in the same transaction
+that moves the dispatch position past them, so a crash at any point
+re-delivers (at least once) and never forgets.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Engine:
             while not self._stopping.is_set():
                 if len(self._inflight) >= WINDOW:
                     self._progress.clear()
-                    await self._wait(self._progress.wait(), None)
+                    await self._wait(self._progress.wait())
                     continue
                 events = await self.bus.read(read_to, BATCH_SIZE)
                 if events:
@@ -108,15 +109,15 @@ class Engine:
                 # of other processes (an API process, ``rulebus publish``) are
                 # found by polling, quickly after recent traffic, then lazily.
                 idle = min(idle * 2, IDLE_POLL)
-                await self._wait(self.bus.wait_for_events(read_to, idle), None)
+                await self._wait(self.bus.wait_for_events(read_to, idle))
         finally:
             self._delivered.set()
             await recorder
 
-    async def _wait(self, work: Awaitable[Any], timeout: float | None) -> None:
-        """Wait for ``work``, for ``timeout`` or until the engine stops, whichever is first."""
+    async def _wait(self, work: Awaitable[Any]) -> None:
+        """Wait for ``work`` or until the engine stops, whichever is first."""
         waits = {asyncio.ensure_future(work), asyncio.ensure_future(self._stopping.wait())}
-        _, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for future in pending:
             future.cancel()
 
