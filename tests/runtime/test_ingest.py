@@ -25,6 +25,8 @@ from tests.runtime.helpers import Server, scan, wait_until
         (b'{"type": "a.b"}', 400, "invalid topic level"),
         (b'{"type": {"a": 1}}', 400, "invalid topic level"),
         (b'{"type": "' + b"x" * 200 + b'"}', 400, "invalid topic level"),
+        (b'{"type": "buy", "qty": 123456789012345678901234567890}', 400, "does not fit in 64 bits"),
+        (b'{"type": "buy", "price": 1e400}', 400, "invalid JSON"),
         (b'{"type": "buy", "id": "../../etc/passwd"}', 400, "invalid id"),
         (b'{"type": "buy", "id": 42}', 400, "invalid id"),
         (b'{"type": "buy", "id": "a/b"}', 400, "invalid id"),
@@ -107,3 +109,12 @@ def test_each_event_of_a_batch_is_held_to_the_single_event_limit(exchange: Serve
     response = exchange.post("/events", [{"type": "sell"}, big])
     assert response.status_code == 207
     assert response.json()["results"][1]["status"] == 413
+
+
+def test_64_bit_integers_are_stored_exactly(exchange: Server) -> None:
+    """The widest integers that fit are kept digit for digit."""
+    body = {"type": "sell", "id": "wide-1", "big": 18446744073709551615, "low": -(2**63)}
+    assert exchange.post("/event", body).status_code == 202
+    wait_until(lambda: scan("events", exchange.data_dir), what="row")
+    (row,) = scan("events", exchange.data_dir)
+    assert (row["big"], row["low"]) == (18446744073709551615, -(2**63))
