@@ -63,6 +63,8 @@ def run_exchange_flow(exchange: Server, receiver: Receiver) -> None:
     for delivery in receiver.received:
         assert verify_signature(SECRET, delivery.headers, delivery.body)
         assert delivery.headers["rulebus-topic"] == "alert/fraud"
+    # Nothing failed on the way, not even something a retry then fixed.
+    assert [line for line in exchange.output if " ERROR " in line or "WARNING" in line] == []
 
 
 def test_an_event_id_given_by_the_client_is_kept_and_a_repeat_is_a_duplicate(

@@ -130,7 +130,14 @@ class GroupCommitWriter:
             for work, _, _ in batch:
                 conn.execute("SAVEPOINT one")
                 try:
-                    results.append((False, work(conn)))
+                    result = work(conn)
+                    if isinstance(result, sqlite3.Cursor):
+                        # A cursor must not leave this thread: finalising it
+                        # elsewhere while this thread reuses its cached
+                        # statement is an SQLite API misuse.
+                        result.close()
+                        result = None
+                    results.append((False, result))
                     conn.execute("RELEASE one")
                 except Exception as exc:
                     conn.execute("ROLLBACK TO one")
