@@ -6,8 +6,6 @@ non-zero exit code; nothing here prints a traceback for bad input.
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from rulebus.cli.common import Group
@@ -24,7 +22,3 @@ def main() -> None:
 
 for command in (up, worker, check, publish, table, bucket, dlq, sql):
     main.add_command(command)
-
-
-def run(*args: Any) -> None:  # pragma: no cover - console entry point alias
-    main(*args)
