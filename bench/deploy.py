@@ -77,28 +77,22 @@ def receiver(workdir: Path, secret: str | None) -> Iterator[str]:
         server.stop()
 
 
+def uvicorn_command(app: str, port: int) -> list[str]:
+    """An ASGI app served the way rulebus serves its API: one uvicorn, uvloop, httptools."""
+    return [
+        sys.executable, "-m", "uvicorn", app,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+
+
 @contextlib.contextmanager
 def bare_stack(workdir: Path) -> Iterator[Deployment]:
     """Figure 1's ceiling: bench.bare_app under uvicorn, configured as rulebus runs it."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "bench.bare_app:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--loop",
-        "uvloop",
-        "--http",
-        "httptools",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-    ]
+    cmd = uvicorn_command("bench.bare_app:app", port)
     server = Server(
         "bare stack",
         cmd,

@@ -112,6 +112,12 @@ def test_the_exchange_example_checks_clean() -> None:
             "with a host",
         ),
         (
+            GOOD + "api:\n  routes:\n    - {path: /e, topic: 'event/${a/b}'}\n",
+            11,
+            "api.routes[0].topic",
+            "may not use '/' inside",
+        ),
+        (
             GOOD + "retry: {backoff: 5s, max_backoff: 1s}\n",
             9,
             "retry.max_backoff",

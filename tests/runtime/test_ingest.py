@@ -118,3 +118,24 @@ def test_64_bit_integers_are_stored_exactly(exchange: Server) -> None:
     wait_until(lambda: scan("events", exchange.data_dir), what="row")
     (row,) = scan("events", exchange.data_dir)
     assert (row["big"], row["low"]) == (18446744073709551615, -(2**63))
+
+
+def test_a_client_id_header_must_be_a_plain_name(exchange: Server) -> None:
+    """The client id becomes clientid() in rules: control characters and spaces are refused."""
+    bad = exchange.post("/event", {"type": "sell"}, headers={"rulebus-client-id": "a b\tc"})
+    assert bad.status_code == 400
+    assert "invalid rulebus-client-id header" in bad.json()["error"]
+    good = exchange.post("/event", {"type": "sell"}, headers={"rulebus-client-id": "till-7"})
+    assert good.status_code == 202
+
+
+def test_a_bad_ndjson_line_is_reported_by_its_number(exchange: Server) -> None:
+    """One broken line of NDJSON rejects that event only."""
+    lines = b'{"type":"sell"}\n{broken\n{"type":"sell"}\n'
+    response = exchange.post(
+        "/events", content=lines, headers={"content-type": "application/x-ndjson"}
+    )
+    assert response.status_code == 207
+    results = response.json()["results"]
+    assert results[1]["error"].startswith("line 2: invalid JSON")
+    assert "id" in results[0] and "id" in results[2]

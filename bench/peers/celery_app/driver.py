@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.deploy import REPO, Deployment, Unavailable, child_env
+from bench.deploy import REPO, Deployment, Unavailable, child_env, uvicorn_command
 from bench.peers.celery_app import config
 from bench.proc import Server, StartError, free_port, running
 from bench.stores import TableCounter
@@ -57,23 +57,7 @@ def celery_peer(
     base = f"http://127.0.0.1:{port}"
     api = Server(
         "peer api",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.peers.celery_app.api:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ],
+        uvicorn_command("bench.peers.celery_app.api:app", port),
         home / "api.log",
         health_url=base + "/healthz",
         env=env,

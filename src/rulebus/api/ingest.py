@@ -25,6 +25,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # A topic level taken from a body is one word: letters and digits of any
 # script, '_', '-', ':', '@', '=', '~'. No separators or wildcards (MQTT's or
 # NATS's), no spaces, control characters or JSON structure.
+_NO_TOPIC = EvalContext(topic="")  # a route's topic templates see only the body
 _LEVEL = re.compile(r"[\w:@=~-]{1,128}")
 
 
@@ -113,10 +114,9 @@ def route_event(route: RouteSpec, body: Any, client_id: str | None, ts: int) -> 
 
 
 def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
-    ctx = EvalContext(topic="")
     levels = []
     for template in route.topic_levels:
-        level = template.render(body, ctx)
+        level = template.render(body, _NO_TOPIC)
         if template.is_constant:
             levels.append(level)
             continue

@@ -13,11 +13,13 @@ import queue
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import uvicorn
+import uvloop
 
 from rulebus.api.app import build_api
 from rulebus.cli.common import data_dir_option
@@ -130,10 +132,8 @@ def worker(app_dir: Path, data_dir: Path, log_level: str, ready_fd: int | None) 
         listener.stop()
 
 
-def _run(main: object) -> None:
-    import uvloop
-
-    uvloop.run(main)  # type: ignore[arg-type]
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    uvloop.run(main)
 
 
 def _log_to_stderr(level: str) -> logging.handlers.QueueListener:
