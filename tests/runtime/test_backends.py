@@ -1,10 +1,15 @@
 """The embedded stores under concurrent use, through their Python interface."""
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
+from rulebus.backends.base import Appended
 from rulebus.backends.fs_objects import FileObjectStore
+from rulebus.backends.sqlite_bus import SqliteBus
 from rulebus.backends.sqlite_tables import SqliteTableStore
+from rulebus.events import Event
 
 
 def test_concurrent_batches_share_commits_without_errors(tmp_path: Path) -> None:
@@ -46,3 +51,67 @@ def test_concurrent_puts_of_one_key_leave_one_whole_object(tmp_path: Path) -> No
         await objects.close()
 
     asyncio.run(main())
+
+
+def test_concurrent_appends_get_distinct_positions_and_repeats_are_duplicates(
+    tmp_path: Path,
+) -> None:
+    """Appends that share a commit each get their own position, in order; an id
+    already in the log, or repeated in the same commit, is a duplicate of the first."""
+
+    async def main() -> None:
+        bus = SqliteBus(tmp_path / "bus.sqlite3")
+        await bus.open()
+        (old,) = await bus.append([Event("old", "t/a", 1, {"n": 0})])
+
+        async def one(n: int) -> list[Appended]:
+            ids = [f"e{n}-{i}" for i in range(5)] + ["old", f"e{n}-0", "shared"]
+            return await bus.append([Event(id_, "t/a", 1, {"id": id_}) for id_ in ids])
+
+        results = await asyncio.gather(*(one(n) for n in range(40)))
+        new = [a for r in results for a in r if not a.duplicate]
+        assert len(new) == 40 * 5 + 1  # each call's five, and "shared" once
+        assert sorted(a.seq for a in new) == list(range(old.seq + 1, old.seq + len(new) + 1))
+        by_id = {a.id: a.seq for a in new}
+        for r in results:
+            assert [a.duplicate for a in r[:5]] == [False] * 5
+            assert r[5] == Appended("old", old.seq, duplicate=True)
+            assert r[6] == Appended(r[0].id, r[0].seq, duplicate=True)
+            assert r[7].seq == by_id["shared"]
+        # What the log holds at each position is what was appended there.
+        stored = await bus.read(old.seq, 1000)
+        assert {e.id: e.seq for e in stored} == by_id
+        await bus.close()
+
+    asyncio.run(main())
+
+
+def test_two_processes_appending_to_one_bus_lose_nothing(tmp_path: Path) -> None:
+    """Writers in different processes take turns on the bus; every append is kept."""
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from rulebus.backends.sqlite_bus import SqliteBus\n"
+        "from rulebus.events import Event\n"
+        "async def main():\n"
+        "    bus = SqliteBus(Path(sys.argv[1]), dispatching=False)\n"
+        "    await bus.open()\n"
+        "    for b in range(50):\n"
+        "        await asyncio.gather(*(bus.append([Event(f'{sys.argv[2]}-{b}-{i}', 't', 1, {})])"
+        " for i in range(20)))\n"
+        "    await bus.close()\n"
+        "asyncio.run(main())\n"
+    )
+    path = tmp_path / "bus.sqlite3"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), name]) for name in "ab"]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+
+    async def count() -> list[Event]:
+        bus = SqliteBus(path)
+        await bus.open()
+        events = await bus.read(0, 5000)
+        await bus.close()
+        return events
+
+    events = asyncio.run(count())
+    assert len({e.id for e in events}) == len(events) == 2 * 50 * 20

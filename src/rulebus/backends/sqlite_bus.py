@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,53 @@ _COLUMNS = "seq, id, topic, ts, payload, client_id, principal, hops"
 TAIL_CACHE_LIMIT = 4096
 
 
+_Row = tuple[str, str, int, bytes, str | None, str | None, int]
+_INSERT_CHUNK = 128  # rows per INSERT statement: 896 parameters
+
+
+def _insert(conn: sqlite3.Connection, rows: list[_Row]) -> list[Appended]:
+    """Insert events, skipping ids already in the log (and repeats among ``rows``)."""
+    (base,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    first: dict[str, int] = {}
+    unique = []
+    for row in rows:
+        if row[0] not in first:
+            first[row[0]] = 0
+            unique.append(row)
+    for start in range(0, len(unique), _INSERT_CHUNK):
+        chunk = unique[start : start + _INSERT_CHUNK]
+        conn.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
+    (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    if top - base == len(unique):
+        # No id was in the log already: SQLite gave the rows the next
+        # positions in order (it takes max(seq) + 1, and this writer holds
+        # the database's write lock).
+        new = {row[0]: base + 1 + i for i, row in enumerate(unique)}
+    else:
+        new = dict(conn.execute("SELECT id, seq FROM events WHERE seq > ?", (base,)).fetchall())
+    out = []
+    for row in rows:
+        id_ = row[0]
+        seq = new.pop(id_, None)
+        if seq is not None:
+            first[id_] = seq
+            out.append(Appended(id_, seq))
+            continue
+        if not first[id_]:
+            (first[id_],) = conn.execute("SELECT seq FROM events WHERE id = ?", (id_,)).fetchone()
+        out.append(Appended(id_, first[id_], duplicate=True))
+    return out
+
+
+@lru_cache(maxsize=_INSERT_CHUNK)
+def _insert_sql(n: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n)
+    return (
+        "INSERT OR IGNORE INTO events (id, topic, ts, payload, client_id, principal, hops)"
+        f" VALUES {values}"
+    )
+
+
 def _row_event(row: tuple[Any, ...]) -> Event:
     seq, id_, topic, ts, payload, client_id, principal, hops = row
     return Event(id_, topic, ts, codec.loads(payload), client_id, principal, seq, hops=hops)
@@ -104,6 +153,10 @@ class SqliteBus:
         self._tail: dict[int, Event] = {}
         self._read_to = 0  # the highest position read() has returned
         self._appended = asyncio.Event()
+        self._pending: list[tuple[list[_Row], asyncio.Future[list[Appended]]]] = []
+        self._pending_lock = threading.Lock()  # the writer thread takes what is pending
+        self._flush_queued = False
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,26 +182,15 @@ class SqliteBus:
             (e.id, e.topic, e.ts, e.raw or codec.dumps(e.payload), e.client_id, e.principal, e.hops)
             for e in events
         ]
-
-        def work(conn: sqlite3.Connection) -> list[Appended]:
-            out = []
-            for row in rows:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO events"
-                    " (id, topic, ts, payload, client_id, principal, hops)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    row,
-                )
-                if cur.rowcount:
-                    out.append(Appended(row[0], cur.lastrowid or 0))
-                else:
-                    (seq,) = conn.execute(
-                        "SELECT seq FROM events WHERE id = ?", (row[0],)
-                    ).fetchone()
-                    out.append(Appended(row[0], seq, duplicate=True))
-            return out
-
-        results = await self._writer.submit(work)
+        waiter: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
+        with self._pending_lock:
+            self._pending.append((rows, waiter))
+            queued, self._flush_queued = self._flush_queued, True
+        if not queued:
+            flush = asyncio.create_task(self._flush(), name="bus-append")
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        results = await waiter
         if len(self._tail) < self._cache_limit:
             for event, result in zip(events, results, strict=True):
                 # The dispatcher may have read it from the log already.
@@ -157,6 +199,35 @@ class SqliteBus:
                     self._tail[result.seq] = event
         self._appended.set()
         return results
+
+    async def _flush(self) -> None:
+        """Append, in one write, everything waiting when the writer gets to it.
+
+        Appends (one per request) that arrive while the previous write
+        commits join the next one: a few multi-row INSERTs for all of them,
+        instead of one statement and one savepoint each.
+        """
+        taken: list[tuple[list[_Row], asyncio.Future[list[Appended]]]] = []
+
+        def work(conn: sqlite3.Connection) -> list[Appended]:
+            with self._pending_lock:
+                taken.extend(self._pending)
+                self._pending = []
+                self._flush_queued = False
+            return _insert(conn, [row for rows, _ in taken for row in rows])
+
+        try:
+            results = await self._writer.submit(work)
+        except Exception as exc:
+            for _, waiter in taken:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        start = 0
+        for rows, waiter in taken:
+            if not waiter.done():
+                waiter.set_result(results[start : start + len(rows)])
+            start += len(rows)
 
     async def read(self, after_seq: int, limit: int) -> list[Event]:
         tail = self._tail

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -55,6 +57,7 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._conn: sqlite3.Connection | None = None
+        self._lock_fd = -1
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
 
@@ -98,6 +101,7 @@ class GroupCommitWriter:
     def _run(self) -> None:
         try:
             self._conn = connect(self._path)
+            self._lock_fd = os.open(lock_path(self._path), os.O_RDWR | os.O_CREAT, 0o644)
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
             # The writer's inserts walk the key indexes, which outgrow SQLite's
             # default 2 MB page cache within a few hundred thousand rows.
@@ -122,40 +126,67 @@ class GroupCommitWriter:
             if batch:
                 self._commit(conn, batch)
         conn.close()
+        os.close(self._lock_fd)
 
     def _commit(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
-        results: list[tuple[bool, Any]] = []
+        # Writers in other processes (the API and the engine share the bus)
+        # queue on this file lock rather than on SQLite's: a busy SQLite
+        # sleeps 1, 2, 5, 10... ms between tries, while the kernel hands a
+        # released flock to the next waiter at once.
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for work, _, _ in batch:
-                conn.execute("SAVEPOINT one")
-                try:
-                    result = work(conn)
-                    if isinstance(result, sqlite3.Cursor):
-                        # A cursor must not leave this thread: finalising it
-                        # elsewhere while this thread reuses its cached
-                        # statement is an SQLite API misuse.
-                        result.close()
-                        result = None
-                    results.append((False, result))
-                    conn.execute("RELEASE one")
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO one")
-                    conn.execute("RELEASE one")
-                    results.append((True, exc))
-            conn.execute("COMMIT")
-        except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            results = [(True, exc)] * len(batch)
+            results = _transaction(conn, [work for work, _, _ in batch])
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        # One wake-up per event loop for the whole commit: waking a loop is a
+        # system call, and a loop woken per item spends its time on wake-ups.
+        settled: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
         for (_, future, loop), (failed, value) in zip(batch, results, strict=True):
-            loop.call_soon_threadsafe(_settle, future, failed, value)
+            settled.setdefault(loop, []).append((future, failed, value))
+        for loop, outcomes in settled.items():
+            with contextlib.suppress(RuntimeError):  # that loop has closed
+                loop.call_soon_threadsafe(_settle, outcomes)
 
 
-def _settle(future: asyncio.Future[Any], failed: bool, value: Any) -> None:
-    if future.done():
-        return
-    if failed:
-        future.set_exception(value)
-    else:
-        future.set_result(value)
+def lock_path(path: Path) -> Path:
+    """The file that writers of the database at ``path`` take turns on."""
+    return path.with_name(path.name + "-writer.lock")
+
+
+def _transaction(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool, Any]]:
+    """Run ``works`` in one transaction; (failed, result or exception) for each."""
+    results: list[tuple[bool, Any]] = []
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for work in works:
+            conn.execute("SAVEPOINT one")
+            try:
+                result = work(conn)
+                if isinstance(result, sqlite3.Cursor):
+                    # A cursor must not leave this thread: finalising it
+                    # elsewhere while this thread reuses its cached
+                    # statement is an SQLite API misuse.
+                    result.close()
+                    result = None
+                results.append((False, result))
+                conn.execute("RELEASE one")
+            except Exception as exc:
+                conn.execute("ROLLBACK TO one")
+                conn.execute("RELEASE one")
+                results.append((True, exc))
+        conn.execute("COMMIT")
+    except Exception as exc:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        return [(True, exc)] * len(works)
+    return results
+
+
+def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, failed, value in outcomes:
+        if future.done():
+            continue
+        if failed:
+            future.set_exception(value)
+        else:
+            future.set_result(value)

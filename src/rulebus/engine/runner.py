@@ -35,6 +35,10 @@ WINDOW = 8  # batches delivered at once
 MIN_POLL = 0.001  # seconds: the first look for events other processes wrote, when idle
 IDLE_POLL = 0.02  # and the longest wait between looks
 RETRY_POLL = 0.5
+# The dispatch position is committed at most this often (sooner when the
+# window is full). It only bounds what a crash re-delivers, while each commit
+# holds the bus's write lock that ingest needs too.
+RECORD_EVERY = 0.05  # seconds
 
 
 def context(event: Event) -> EvalContext:
@@ -65,6 +69,7 @@ class Engine:
         self._inflight: deque[tuple[list[Event], asyncio.Task[list[Retry]]]] = deque()
         self._delivered = asyncio.Event()  # a batch finished delivering
         self._progress = asyncio.Event()  # the recorder freed room in the window
+        self._dispatched_more = asyncio.Event()  # the dispatcher added a batch
 
     async def start(self) -> None:
         self._starts = await self.bus.rule_starts(self.rules)
@@ -101,6 +106,7 @@ class Engine:
                 if events:
                     task = asyncio.create_task(self._deliver(events))
                     self._inflight.append((events, task))
+                    self._dispatched_more.set()
                     task.add_done_callback(lambda _: self._delivered.set())
                     read_to = events[-1].seq
                     idle = MIN_POLL
@@ -114,12 +120,17 @@ class Engine:
             self._delivered.set()
             await recorder
 
-    async def _wait(self, work: Awaitable[Any]) -> None:
-        """Wait for ``work`` or until the engine stops, whichever is first."""
+    async def _wait(self, work: Awaitable[Any], timeout: float | None = None) -> None:
+        """Wait for ``work``, until the engine stops or ``timeout``, whichever is first."""
         waits = {asyncio.ensure_future(work), asyncio.ensure_future(self._stopping.wait())}
-        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         for future in pending:
             future.cancel()
+
+    async def _window_full(self) -> None:
+        while len(self._inflight) < WINDOW - 1:
+            self._dispatched_more.clear()
+            await self._dispatched_more.wait()
 
     async def _record_loop(self) -> None:
         """Record delivered batches in log order, several in one commit when they are ready."""
@@ -157,6 +168,8 @@ class Engine:
                 [events for events, _ in done], [r for _, task in done for r in task.result()]
             )
             self._progress.set()
+            if len(inflight) < WINDOW - 1:
+                await self._wait(self._window_full(), RECORD_EVERY)
 
     async def _record(self, batches: list[list[Event]], retries: list[Retry]) -> None:
         """Make delivered batches' outcome durable and move the dispatch position past them."""
