@@ -7,6 +7,7 @@ code, so both pipelines pay for a signature.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -20,6 +21,7 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
+@functools.lru_cache(maxsize=8)
 def _key(secret: str) -> bytes:
     return base64.b64decode(secret.removeprefix("whsec_"))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rulebus.actions.base import Services
+from rulebus.backends.base import WHOLE_LOG, Partition
 from rulebus.backends.fs_objects import FileObjectStore
 from rulebus.backends.sqlite_bus import SqliteBus
 from rulebus.backends.sqlite_tables import SqliteTableStore
@@ -22,11 +23,11 @@ log = logging.getLogger("rulebus.runtime")
 
 
 def stores(
-    data_dir: Path, *, dispatching: bool = False
+    data_dir: Path, *, dispatching: bool = False, partition: Partition = WHOLE_LOG
 ) -> tuple[SqliteBus, SqliteTableStore, FileObjectStore]:
     """The embedded backends, laid out under ``data_dir``."""
     return (
-        SqliteBus(data_dir / "bus.sqlite3", dispatching=dispatching),
+        SqliteBus(data_dir / "bus.sqlite3", dispatching=dispatching, partition=partition),
         SqliteTableStore(data_dir / "tables.sqlite3"),
         FileObjectStore(data_dir / "buckets"),
     )
@@ -65,12 +66,18 @@ class Runtime:
     another process on the same data directory).
     """
 
-    def __init__(self, app: App, data_dir: Path, *, engine: bool = True) -> None:
+    def __init__(
+        self, app: App, data_dir: Path, *, engine: bool = True, partition: Partition | None = None
+    ) -> None:
         self.app = app
         self.data_dir = data_dir
         self.runs_engine = engine
-        self.bus, self.tables, self.objects = stores(data_dir, dispatching=engine)
-        self._lock = EngineLock(data_dir)
+        self.bus, self.tables, self.objects = stores(
+            data_dir, dispatching=engine, partition=partition or WHOLE_LOG
+        )
+        # An engine for one partition runs under a supervisor (``rulebus
+        # up``) that holds the data directory's engine lock for all of them.
+        self._lock = EngineLock(data_dir) if partition is None else None
         self.engine: Engine | None = None
         self.notifier: Notifier | None = None
         self.functions: FunctionHost | None = None
@@ -90,7 +97,8 @@ class Runtime:
             await self.objects.close()
             await self.tables.close()
             return
-        await self._lock.acquire()
+        if self._lock is not None:
+            await self._lock.acquire()
         self.notifier = Notifier(self.app.notifications)
         self.functions = FunctionHost(self.app.root, self.app.functions)
         services = Services(
@@ -115,7 +123,8 @@ class Runtime:
             await self.objects.close()
             await self.tables.close()
         await self.bus.close()
-        self._lock.release()
+        if self._lock is not None:
+            self._lock.release()
 
     async def stats(self) -> dict[str, Any]:
         return {

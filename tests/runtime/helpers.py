@@ -138,13 +138,11 @@ class Server:
         s = self.stats()
         return bool(s["dispatched"] >= s["head"] and s["retrying"] == 0)
 
-    def worker_pid(self) -> int | None:
-        """The engine worker process that ``up`` started, if one runs now."""
+    def worker_pids(self) -> list[int]:
+        """The engine worker processes that ``up`` runs now."""
         assert self.proc is not None
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-        pids = children.split()
-        assert len(pids) <= 1
-        return int(pids[0]) if pids else None
+        return sorted(int(pid) for pid in children.split())
 
     def kill9(self) -> None:
         assert self.proc is not None

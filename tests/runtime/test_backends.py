@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rulebus.backends.base import Appended
+from rulebus.backends.base import Appended, Partition
 from rulebus.backends.fs_objects import FileObjectStore
 from rulebus.backends.sqlite_bus import SqliteBus
 from rulebus.backends.sqlite_tables import SqliteTableStore
@@ -115,3 +115,35 @@ def test_two_processes_appending_to_one_bus_lose_nothing(tmp_path: Path) -> None
 
     events = asyncio.run(count())
     assert len({e.id for e in events}) == len(events) == 2 * 50 * 20
+
+
+def test_partitions_share_the_log_and_resume_safely_when_their_number_changes(
+    tmp_path: Path,
+) -> None:
+    """Two partitions read disjoint halves of the log that together are all of it.
+    With a new number of partitions, each resumes after the last event that every
+    old partition had dispatched."""
+
+    async def main() -> None:
+        path = tmp_path / "bus.sqlite3"
+        halves = [SqliteBus(path, partition=Partition(i, 2)) for i in range(2)]
+        for bus in halves:
+            await bus.open()
+        await halves[0].append([Event(f"e{i}", "t", 1, {}) for i in range(10)])
+        assert [await bus.start_dispatch() for bus in halves] == [0, 0]
+        read = [await bus.read(0, 100) for bus in halves]
+        assert [e.seq for e in read[0]] == [2, 4, 6, 8, 10]
+        assert [e.seq for e in read[1]] == [1, 3, 5, 7, 9]
+        await halves[0].commit_dispatch(10, [])  # all of partition 0
+        await halves[1].commit_dispatch(5, [])  # partition 1 up to 5: 7 and 9 are not done
+        assert await halves[0].load_dispatched() == 6
+        for bus in halves:
+            await bus.close()
+
+        whole = SqliteBus(path)
+        await whole.open()
+        assert await whole.start_dispatch() == 6
+        assert [e.seq for e in await whole.read(6, 100)] == [7, 8, 9, 10]
+        await whole.close()
+
+    asyncio.run(main())

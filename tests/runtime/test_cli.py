@@ -19,6 +19,15 @@ from tests.runtime.helpers import EXCHANGE, Server, cli
         (("up", "examples/exchange", "--port", "70000"), "error: Invalid value for '--port'"),
         (("frobnicate",), "error: No such command 'frobnicate'"),
         (("table", "scan"), "error: Missing argument 'NAME'"),
+        (("up", "examples/exchange", "--workers", "0"), "error: Invalid value for '--workers'"),
+        (
+            ("up", "examples/exchange", "--workers", "2", "--single-process"),
+            "error: --workers and --single-process exclude each other",
+        ),
+        (
+            ("worker", "examples/exchange", "--partition", "2/2"),
+            "error: Invalid value for '--partition': '2/2': expected K/N",
+        ),
     ],
 )
 def test_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:

@@ -9,6 +9,36 @@ from typing import Any, Protocol
 from rulebus.events import Event
 
 
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """The share of the log one engine process dispatches: positions ``index`` mod ``count``.
+
+    Events are spread over engine processes by position, so the processes
+    share the work evenly whatever the rules are, and each owns the
+    deliveries (and their retries) of the events it dispatches.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"partition {self.index} of {self.count} does not exist")
+
+    def owns(self, seq: int) -> bool:
+        return seq % self.count == self.index
+
+    def first_after(self, seq: int) -> int:
+        """The first position of this partition after ``seq``."""
+        return seq + 1 + (self.index - seq - 1) % self.count
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+WHOLE_LOG = Partition()
+
+
 @dataclass(slots=True)
 class Appended:
     """The outcome of appending one event: its position, or that it was a duplicate id."""
@@ -72,11 +102,19 @@ class Bus(Protocol):
         ...
 
     async def read(self, after_seq: int, limit: int) -> list[Event]:
-        """Events with a position after ``after_seq``, in order."""
+        """This bus's partition's events with a position after ``after_seq``, in order."""
         ...
 
     async def wait_for_events(self, after_seq: int, timeout: float) -> None:
         """Return when an event after ``after_seq`` may exist, or after ``timeout``."""
+        ...
+
+    async def start_dispatch(self) -> int:
+        """Where this bus's partition resumes dispatching.
+
+        When the number of partitions changed since the last run, every
+        partition resumes where the one furthest behind stopped.
+        """
         ...
 
     async def load_dispatched(self) -> int:
@@ -88,10 +126,12 @@ class Bus(Protocol):
         ...
 
     async def commit_dispatch(self, seq: int, retries: Sequence[Retry]) -> None:
-        """Atomically record failed deliveries and advance the dispatch position."""
+        """Atomically record failed deliveries and advance the partition's position."""
         ...
 
-    async def due_retries(self, now: float, limit: int) -> list[Retry]: ...
+    async def due_retries(self, now: float, limit: int) -> list[Retry]:
+        """Retries of this bus's partition that are due."""
+        ...
 
     async def update_retry(self, retry: Retry) -> None: ...
 

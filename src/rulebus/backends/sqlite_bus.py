@@ -1,8 +1,10 @@
 """The embedded bus: an SQLite log in WAL mode, with delivery state per rule.
 
-Positions (``seq``) are the log's integer primary key. Each rule's delivery
-state is the dispatch position (shared by all rules), the position from which
-the rule applies, and its rows in ``retries``. A delivery that exhausts its
+Positions (``seq``) are the log's integer primary key. Engine processes
+split the log by position (see :class:`~rulebus.backends.base.Partition`);
+each partition has its dispatch position in ``dispatch_parts``. A rule's
+delivery state is its partition's position, the position from which the
+rule applies, and its rows in ``retries``. A delivery that exhausts its
 retries moves to ``dead_letters``.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rulebus import codec
-from rulebus.backends.base import Appended, DeadLetter, Failure, Retry
+from rulebus.backends.base import WHOLE_LOG, Appended, DeadLetter, Failure, Partition, Retry
 from rulebus.backends.sqlite_writer import GroupCommitWriter, connect
 from rulebus.events import Event
 
@@ -34,8 +36,9 @@ CREATE TABLE IF NOT EXISTS events (
     principal TEXT,
     hops INTEGER NOT NULL DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS dispatch (
-    one INTEGER PRIMARY KEY CHECK (one = 1),
+CREATE TABLE IF NOT EXISTS dispatch_parts (
+    part INTEGER PRIMARY KEY,
+    parts INTEGER NOT NULL,
     seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rule_starts (
@@ -118,6 +121,45 @@ def _insert_sql(n: int) -> str:
     )
 
 
+def _dispatched_through(conn: sqlite3.Connection) -> int:
+    """The last position up to which every partition has dispatched every event.
+
+    A partition's own position is the last of its events it dispatched; the
+    events after it that belong to other partitions say nothing about it.
+    """
+    positions = conn.execute("SELECT part, parts, seq FROM dispatch_parts").fetchall()
+    if not positions:
+        return 0  # no engine ever ran: nothing was dispatched
+    (through,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    for part, parts, seq in positions:
+        pending = conn.execute(
+            "SELECT seq FROM events WHERE seq > ? AND seq % ? = ? ORDER BY seq LIMIT 1",
+            (seq, parts, part),
+        ).fetchone()
+        if pending is not None:
+            through = min(through, pending[0] - 1)
+    return int(through)
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Carry the single dispatch position of logs written before partitions over."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        old = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dispatch'"
+        ).fetchone()
+        if old:
+            conn.execute(
+                "INSERT OR IGNORE INTO dispatch_parts (part, parts, seq)"
+                " SELECT 0, 1, seq FROM dispatch WHERE one = 1"
+            )
+            conn.execute("DROP TABLE dispatch")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _row_event(row: tuple[Any, ...]) -> Event:
     seq, id_, topic, ts, payload, client_id, principal, hops = row
     return Event(id_, topic, ts, codec.loads(payload), client_id, principal, seq, hops=hops)
@@ -144,8 +186,11 @@ def _failures_from(data: bytes | str) -> list[Failure]:
 class SqliteBus:
     """The :class:`~rulebus.backends.base.Bus` on one SQLite file."""
 
-    def __init__(self, path: Path, *, dispatching: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, dispatching: bool = True, partition: Partition = WHOLE_LOG
+    ) -> None:
         self.path = path
+        self.partition = partition
         # Only a process that dispatches reads its own appends back.
         self._cache_limit = TAIL_CACHE_LIMIT if dispatching else 0
         self._writer = GroupCommitWriter(path, name="bus-writer")
@@ -162,6 +207,7 @@ class SqliteBus:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
         conn.executescript(SCHEMA)
+        _upgrade(conn)
         conn.close()
         self._writer.start()
         self._reader = connect(self.path)
@@ -194,7 +240,11 @@ class SqliteBus:
         if len(self._tail) < self._cache_limit:
             for event, result in zip(events, results, strict=True):
                 # The dispatcher may have read it from the log already.
-                if not result.duplicate and 0 < result.seq - self._read_to <= TAIL_CACHE_LIMIT:
+                if (
+                    not result.duplicate
+                    and 0 < result.seq - self._read_to <= TAIL_CACHE_LIMIT
+                    and self.partition.owns(result.seq)
+                ):
                     event.seq = result.seq
                     self._tail[result.seq] = event
         self._appended.set()
@@ -231,20 +281,21 @@ class SqliteBus:
 
     async def read(self, after_seq: int, limit: int) -> list[Event]:
         tail = self._tail
+        part = self.partition
         out: list[Event] = []
-        seq = after_seq + 1
+        seq = part.first_after(after_seq)
         while len(out) < limit:
             event = tail.pop(seq, None)
             if event is None:
                 break
             out.append(event)
-            seq += 1
+            seq += part.count
         if out:
             self._read_to = max(self._read_to, out[-1].seq)
             return out
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
+            f"SELECT {_COLUMNS} FROM events WHERE seq > ? AND seq % ? = ? ORDER BY seq LIMIT ?",
+            (after_seq, part.count, part.index, limit),
         ).fetchall()
         for row in rows:
             tail.pop(row[0], None)
@@ -253,7 +304,7 @@ class SqliteBus:
         return [_row_event(row) for row in rows]
 
     async def wait_for_events(self, after_seq: int, timeout: float) -> None:
-        if (after_seq + 1) in self._tail:
+        if self.partition.first_after(after_seq) in self._tail:
             return
         self._appended.clear()
         # Other processes (``rulebus publish``) append too: the timeout makes
@@ -269,27 +320,44 @@ class SqliteBus:
         (seq,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         return int(seq)
 
+    async def start_dispatch(self) -> int:
+        part = self.partition
+
+        def work(conn: sqlite3.Connection) -> int:
+            rows = conn.execute("SELECT part, parts, seq FROM dispatch_parts").fetchall()
+            if rows and all(parts == part.count for _, parts, _ in rows):
+                return int(next(seq for p, _, seq in rows if p == part.index))
+            # The first run, or another number of partitions than last time:
+            # what each position meant no longer holds, so every partition
+            # starts after the last event up to which all were dispatched.
+            start = _dispatched_through(conn)
+            conn.execute("DELETE FROM dispatch_parts")
+            conn.executemany(
+                "INSERT INTO dispatch_parts (part, parts, seq) VALUES (?, ?, ?)",
+                [(index, part.count, start) for index in range(part.count)],
+            )
+            return int(start)
+
+        return await self._writer.submit(work)
+
     async def load_dispatched(self) -> int:
-        row = self._db.execute("SELECT seq FROM dispatch WHERE one = 1").fetchone()
-        return 0 if row is None else int(row[0])
+        return _dispatched_through(self._db)
 
     async def rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
         names = list(rules)
 
         def work(conn: sqlite3.Connection) -> dict[str, int]:
             known = dict(conn.execute("SELECT rule, seq FROM rule_starts").fetchall())
-            dispatched = conn.execute("SELECT seq FROM dispatch WHERE one = 1").fetchone()
+            (dispatched,) = conn.execute("SELECT count(*) FROM dispatch_parts").fetchone()
             # A rule seen for the first time applies to events that arrive
             # from now on, not to the history: like a new AWS IoT rule.
             start = (
                 conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-                if dispatched is not None
+                if dispatched
                 else 0
             )
             new = [(name, start) for name in names if name not in known]
             conn.executemany("INSERT INTO rule_starts (rule, seq) VALUES (?, ?)", new)
-            if dispatched is None:
-                conn.execute("INSERT INTO dispatch (one, seq) VALUES (1, 0)")
             known.update(new)
             return {name: int(known[name]) for name in names}
 
@@ -307,6 +375,7 @@ class SqliteBus:
             )
             for r in retries
         ]
+        part = self.partition.index
 
         def work(conn: sqlite3.Connection) -> None:
             conn.executemany(
@@ -314,15 +383,15 @@ class SqliteBus:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            conn.execute("UPDATE dispatch SET seq = max(seq, ?) WHERE one = 1", (seq,))
+            conn.execute("UPDATE dispatch_parts SET seq = max(seq, ?) WHERE part = ?", (seq, part))
 
         await self._writer.submit(work)
 
     async def due_retries(self, now: float, limit: int) -> list[Retry]:
         rows = self._db.execute(
             "SELECT seq, rule, attempts, due_at, actions, failures FROM retries"
-            " WHERE due_at <= ? ORDER BY due_at LIMIT ?",
-            (now, limit),
+            " WHERE due_at <= ? AND seq % ? = ? ORDER BY due_at LIMIT ?",
+            (now, self.partition.count, self.partition.index, limit),
         ).fetchall()
         return [
             Retry(seq, rule, attempts, due_at, codec.loads(actions), _failures_from(failures))

@@ -22,14 +22,18 @@ import uvicorn
 import uvloop
 
 from rulebus.api.app import build_api
+from rulebus.backends.base import Partition
 from rulebus.cli.common import data_dir_option
 from rulebus.errors import RulebusError
-from rulebus.runtime import Runtime
+from rulebus.runtime import EngineLock, Runtime
 from rulebus.template import App, load_app
 
 log = logging.getLogger("rulebus.cli")
 
-READY_TIMEOUT = 60.0  # seconds ``up`` waits for its worker before it listens anyway
+READY_TIMEOUT = 60.0  # seconds ``up`` waits for its workers before it listens anyway
+# Two engine processes use both cores of a small machine; on more, SQLite's
+# single writer, not the engine, sets the pace.
+WORKERS = 2
 
 app_argument = click.argument("app_dir", metavar="APP", type=click.Path(path_type=Path))
 log_level_option = click.option(
@@ -81,15 +85,29 @@ def _subscribers(app: App) -> list[str]:
     help="0 picks a free port.",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help=f"Engine worker processes; each takes its share of the events.  [default: {WORKERS}]",
+)
+@click.option(
     "--single-process",
     is_flag=True,
-    help="Run the engine in this process too, instead of in a worker process.",
+    help="Run the engine in this process too, instead of in worker processes.",
 )
 @log_level_option
 def up(
-    app_dir: Path, data_dir: Path, host: str, port: int, single_process: bool, log_level: str
+    app_dir: Path,
+    data_dir: Path,
+    host: str,
+    port: int,
+    workers: int | None,
+    single_process: bool,
+    log_level: str,
 ) -> None:
-    """Run an app: the HTTP API here, the engine and functions in a worker process."""
+    """Run an app: the HTTP API here, the engine and functions in worker processes."""
+    if single_process and workers is not None:
+        raise click.UsageError("--workers and --single-process exclude each other")
     listener = _log_to_stderr(log_level)
     try:
         app = load_app(app_dir)
@@ -97,10 +115,9 @@ def up(
             sock = socket.create_server((host, port))
         except OSError as exc:
             raise RulebusError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        worker = (
-            None
-            if single_process
-            else [
+        count = workers or WORKERS
+        commands = [
+            [
                 sys.executable,
                 "-m",
                 "rulebus",
@@ -110,11 +127,24 @@ def up(
                 str(data_dir),
                 "--log-level",
                 log_level,
+                "--partition",
+                str(Partition(index, count)),
             ]
-        )
-        _run(_serve(app, data_dir, sock, worker))
+            for index in range(count)
+        ]
+        _run(_serve(app, data_dir, sock, None if single_process else commands))
     finally:
         listener.stop()
+
+
+def _partition(ctx: click.Context, param: click.Parameter, value: str | None) -> Partition | None:
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    try:
+        return Partition(int(index), int(count))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected K/N with 0 <= K < N") from None
 
 
 @click.command()
@@ -122,12 +152,24 @@ def up(
 @data_dir_option
 @log_level_option
 @click.option("--ready-fd", type=int, hidden=True, help="Write a line here once running.")
-def worker(app_dir: Path, data_dir: Path, log_level: str, ready_fd: int | None) -> None:
+@click.option(
+    "--partition",
+    hidden=True,
+    callback=_partition,
+    help="Run partition K/N only, under a supervisor that holds the engine lock.",
+)
+def worker(
+    app_dir: Path,
+    data_dir: Path,
+    log_level: str,
+    ready_fd: int | None,
+    partition: Partition | None,
+) -> None:
     """Run an app's engine and functions, without the HTTP API."""
     listener = _log_to_stderr(log_level)
     try:
         app = load_app(app_dir)
-        _run(_work(app, data_dir, ready_fd))
+        _run(_work(app, data_dir, ready_fd, partition))
     finally:
         listener.stop()
 
@@ -158,10 +200,12 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _work(app: App, data_dir: Path, ready_fd: int | None) -> None:
+async def _work(
+    app: App, data_dir: Path, ready_fd: int | None, partition: Partition | None
+) -> None:
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    runtime = Runtime(app, data_dir)
+    runtime = Runtime(app, data_dir, partition=partition)
     await runtime.start()
     _settle_memory()
     if ready_fd is not None:
@@ -191,6 +235,41 @@ def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+async def _supervise_all(
+    data_dir: Path, commands: list[list[str]], stop: asyncio.Event, ready: asyncio.Event
+) -> None:
+    """Hold the data directory's engine lock and keep one worker per partition running.
+
+    ``ready`` is set once every worker is (or once one has exited trying).
+    """
+    lock = EngineLock(data_dir)
+    locking = asyncio.ensure_future(lock.acquire())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({locking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not locking.done():
+        locking.cancel()
+        ready.set()
+        return
+    stopping.cancel()
+    readies = [asyncio.Event() for _ in commands]
+
+    async def all_ready() -> None:
+        await asyncio.wait(
+            [asyncio.ensure_future(r.wait()) for r in readies],
+            return_when=asyncio.ALL_COMPLETED,
+        )
+        ready.set()
+
+    try:
+        await asyncio.gather(
+            all_ready(),
+            *(_supervise(c, stop, r) for c, r in zip(commands, readies, strict=True)),
+        )
+    finally:
+        ready.set()
+        lock.release()
 
 
 async def _supervise(command: list[str], stop: asyncio.Event, ready: asyncio.Event) -> None:
@@ -258,8 +337,10 @@ async def _await_ready(read_end: int, ready: asyncio.Event) -> None:
         ready.set()
 
 
-async def _serve(app: App, data_dir: Path, sock: socket.socket, worker: list[str] | None) -> None:
-    runtime = Runtime(app, data_dir, engine=worker is None)
+async def _serve(
+    app: App, data_dir: Path, sock: socket.socket, workers: list[list[str]] | None
+) -> None:
+    runtime = Runtime(app, data_dir, engine=workers is None)
     await runtime.start()
     _settle_memory()
     config = uvicorn.Config(
@@ -274,11 +355,11 @@ async def _serve(app: App, data_dir: Path, sock: socket.socket, worker: list[str
     stop = asyncio.Event()
     _stop_on_signals(stop)
     ready = asyncio.Event()
-    if worker is None:
+    if workers is None:
         ready.set()
         supervisor = None
     else:
-        supervisor = asyncio.create_task(_supervise(worker, stop, ready))
+        supervisor = asyncio.create_task(_supervise_all(data_dir, workers, stop, ready))
         # Listen once the engine runs, so that what ``up`` announces works.
         # A worker that waits for another engine's lock should not hold the
         # API back for long, though: it publishes to the shared log anyway.

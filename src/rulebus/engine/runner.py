@@ -73,7 +73,7 @@ class Engine:
 
     async def start(self) -> None:
         self._starts = await self.bus.rule_starts(self.rules)
-        self.dispatched = await self.bus.load_dispatched()
+        self.dispatched = await self.bus.start_dispatch()
         self._tasks = [
             asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
             asyncio.create_task(self._retry_loop(), name="retrier"),
