@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import uuid
@@ -46,4 +47,24 @@ def new_id() -> str:
         if len(_random) < 16:
             _random = os.urandom(4096)
         raw, _random = _random[:16], _random[16:]
-    return str(uuid.UUID(bytes=raw, version=4))
+    return _uuid_text(raw, 4)
+
+
+def name_id(namespace: uuid.UUID, name: str) -> str:
+    """``str(uuid.uuid5(namespace, name))``, without building a ``uuid.UUID``."""
+    return _uuid_text(hashlib.sha1(namespace.bytes + name.encode()).digest(), 5)
+
+
+def _uuid_text(raw: bytes, version: int) -> str:
+    """The text of the UUID made of ``raw``'s first 16 bytes with ``version`` and
+    the RFC 4122 variant set, as ``str(uuid.UUID(bytes=..., version=...))`` gives."""
+    h = bytes(
+        (
+            *raw[:6],
+            (raw[6] & 0x0F) | (version << 4),
+            raw[7],
+            (raw[8] & 0x3F) | 0x80,
+            *raw[9:16],
+        )
+    ).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

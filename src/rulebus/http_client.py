@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ssl
 import urllib.parse
 from collections import defaultdict
@@ -31,6 +32,7 @@ class Origin:
     port: int
 
     @classmethod
+    @functools.lru_cache(maxsize=256)  # a handful of webhook URLs, parsed per POST
     def parse(cls, url: str) -> tuple[Origin, str]:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 SECRET_PREFIX = "whsec_"
 
 
+@functools.lru_cache(maxsize=64)
 def secret_bytes(secret: str) -> bytes:
     """A ``whsec_<base64>`` secret is decoded; any other string is used as UTF-8."""
     if secret.startswith(SECRET_PREFIX):

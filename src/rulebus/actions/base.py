@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from rulebus.backends.base import Appended, ObjectStore, TableStore
 from rulebus.errors import ActionError, SqlError
-from rulebus.events import MAX_HOPS, Event
+from rulebus.events import MAX_HOPS, Event, name_id
 from rulebus.sql import EvalContext, Template, compile_template
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class Delivery:
         The bus drops a second append with the same id, so a replayed delivery
         does not publish its events twice.
         """
-        return str(uuid.uuid5(_DERIVED, f"{self.event.id}/{self.rule}/{action_index}/{n}"))
+        return name_id(_DERIVED, f"{self.event.id}/{self.rule}/{action_index}/{n}")
 
     def derive(self, action_index: int, n: int, topic: str, payload: Any, raw: bytes) -> Event:
         """The n-th event an action publishes for this delivery."""

@@ -102,28 +102,38 @@ class _FileWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            settled: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+            stopping = False
             for i, item in enumerate(batch):
                 if item is None:
                     # Another thread's stop signal may have been taken too.
                     for other in batch[i + 1 :]:
                         self._queue.put(other)
-                    return
+                    stopping = True
+                    break
                 path, body, future, loop = item
                 try:
                     self._write(path, body)
                 except Exception as exc:
-                    loop.call_soon_threadsafe(_settle, future, exc)
+                    settled.setdefault(loop, []).append((future, exc))
                 else:
-                    loop.call_soon_threadsafe(_settle, future, None)
+                    settled.setdefault(loop, []).append((future, None))
+            # One wake-up per loop for all the files written.
+            for loop, outcomes in settled.items():
+                with contextlib.suppress(RuntimeError):  # that loop has closed
+                    loop.call_soon_threadsafe(_settle, outcomes)
+            if stopping:
+                return
 
 
-def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle(outcomes: list[tuple[asyncio.Future[None], Exception | None]]) -> None:
+    for future, error in outcomes:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 class FileObjectStore:
@@ -176,13 +186,18 @@ class FileObjectStore:
         # Write then rename: a reader never sees half an object, and a crash
         # leaves either the old object or the new one.
         tmp = f"{folder}/.{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
-            f = open(tmp, "wb")  # noqa: SIM115  (the retry below needs it outside a with)
+            fd = os.open(tmp, flags, 0o644)
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
-            f = open(tmp, "wb")  # noqa: SIM115
-        with f:
-            f.write(body)
+            fd = os.open(tmp, flags, 0o644)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
 
     async def put_many(

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from typing import Final
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EvalContext:
     """The event's envelope, read by ``topic()``, ``clientid()``, ``timestamp()`` and friends.
+
+    Made once per event on the engine's hot path, so not frozen: a frozen
+    dataclass sets each field through ``object.__setattr__``, twice as slow.
 
     ``timestamp`` is the ingest time in epoch milliseconds. When it is set,
     ``timestamp()`` returns it instead of the current time, so that replaying an
