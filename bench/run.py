@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             if name == "pipeline":
                 plan.pipeline_events_per_s = got[0].value
+            if not args.keep:
+                # A full pipeline run leaves hundreds of thousands of files;
+                # removing them as we go keeps the disk (and the last step) small.
+                for path in workdir.iterdir():
+                    shutil.rmtree(path, ignore_errors=True)
     finally:
         if args.keep:
             print(f"[bench] work directory kept: {workdir}", file=sys.stderr)

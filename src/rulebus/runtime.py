@@ -14,6 +14,7 @@ from rulebus.backends.base import WHOLE_LOG, Partition
 from rulebus.backends.fs_objects import FileObjectStore
 from rulebus.backends.sqlite_bus import SqliteBus
 from rulebus.backends.sqlite_tables import SqliteTableStore
+from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB
 from rulebus.engine.runner import Engine
 from rulebus.functions import FunctionHost
 from rulebus.notifications import Notifier
@@ -22,13 +23,31 @@ from rulebus.template.model import App
 log = logging.getLogger("rulebus.runtime")
 
 
+WORKER_BUS_CACHE_KIB = 2_000
+
+
 def stores(
-    data_dir: Path, *, dispatching: bool = False, partition: Partition = WHOLE_LOG
+    data_dir: Path, *, dispatching: bool = False, partition: Partition | None = None
 ) -> tuple[SqliteBus, SqliteTableStore, FileObjectStore]:
-    """The embedded backends, laid out under ``data_dir``."""
+    """The embedded backends, laid out under ``data_dir``.
+
+    A worker of ``rulebus up`` (one of ``partition.count``) writes to the log
+    only what its functions publish, and shares the table writes with the
+    other workers, so its writers get smaller page caches: each process's
+    cache is memory of its own, and the benchmark's 300 MB counts them all.
+    """
+    bus_cache = tables_cache = WRITER_CACHE_KIB
+    if partition is not None:
+        bus_cache = WORKER_BUS_CACHE_KIB
+        tables_cache = WRITER_CACHE_KIB // partition.count
     return (
-        SqliteBus(data_dir / "bus.sqlite3", dispatching=dispatching, partition=partition),
-        SqliteTableStore(data_dir / "tables.sqlite3"),
+        SqliteBus(
+            data_dir / "bus.sqlite3",
+            dispatching=dispatching,
+            partition=partition or WHOLE_LOG,
+            cache_kib=bus_cache,
+        ),
+        SqliteTableStore(data_dir / "tables.sqlite3", cache_kib=tables_cache),
         FileObjectStore(data_dir / "buckets"),
     )
 
@@ -73,7 +92,7 @@ class Runtime:
         self.data_dir = data_dir
         self.runs_engine = engine
         self.bus, self.tables, self.objects = stores(
-            data_dir, dispatching=engine, partition=partition or WHOLE_LOG
+            data_dir, dispatching=engine, partition=partition
         )
         # An engine for one partition runs under a supervisor (``rulebus
         # up``) that holds the data directory's engine lock for all of them.

@@ -22,7 +22,7 @@ from typing import Any
 
 from rulebus import codec
 from rulebus.backends.base import WHOLE_LOG, Appended, DeadLetter, Failure, Partition, Retry
-from rulebus.backends.sqlite_writer import GroupCommitWriter, connect
+from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect
 from rulebus.events import Event
 
 SCHEMA = """
@@ -187,13 +187,18 @@ class SqliteBus:
     """The :class:`~rulebus.backends.base.Bus` on one SQLite file."""
 
     def __init__(
-        self, path: Path, *, dispatching: bool = True, partition: Partition = WHOLE_LOG
+        self,
+        path: Path,
+        *,
+        dispatching: bool = True,
+        partition: Partition = WHOLE_LOG,
+        cache_kib: int = WRITER_CACHE_KIB,
     ) -> None:
         self.path = path
         self.partition = partition
         # Only a process that dispatches reads its own appends back.
         self._cache_limit = TAIL_CACHE_LIMIT if dispatching else 0
-        self._writer = GroupCommitWriter(path, name="bus-writer")
+        self._writer = GroupCommitWriter(path, name="bus-writer", cache_kib=cache_kib)
         self._reader: sqlite3.Connection | None = None
         self._tail: dict[int, Event] = {}
         self._read_to = 0  # the highest position read() has returned

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rulebus import codec
-from rulebus.backends.sqlite_writer import GroupCommitWriter, connect
+from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect
 from rulebus.errors import ActionError, NotFound
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
@@ -36,9 +36,9 @@ class SqliteTableStore:
     share a transaction and an fsync.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, cache_kib: int = WRITER_CACHE_KIB) -> None:
         self.path = path
-        self._writer = GroupCommitWriter(path, name="tables-writer")
+        self._writer = GroupCommitWriter(path, name="tables-writer", cache_kib=cache_kib)
         self._reader: sqlite3.Connection | None = None
         self._keys: dict[str, tuple[str, ...]] = {}
         self._put_sql: dict[str, str] = {}

@@ -47,7 +47,15 @@ class GroupCommitWriter:
     gets the exception; the rest of the batch commits.
     """
 
-    def __init__(self, path: Path, *, max_batch: int = 2000, name: str = "sqlite-writer") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_batch: int = 2000,
+        name: str = "sqlite-writer",
+        cache_kib: int = WRITER_CACHE_KIB,
+    ) -> None:
+        self._cache_kib = cache_kib
         self._checkpointer = threading.Thread(
             target=self._checkpoint, name=f"{name}-checkpoint", daemon=True
         )
@@ -105,7 +113,7 @@ class GroupCommitWriter:
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
             # The writer's inserts walk the key indexes, which outgrow SQLite's
             # default 2 MB page cache within a few hundred thousand rows.
-            self._conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+            self._conn.execute(f"PRAGMA cache_size=-{self._cache_kib}")
         except BaseException as exc:  # reported to start()'s caller
             self._startup_error = exc
             self._ready.set()

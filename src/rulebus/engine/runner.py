@@ -31,7 +31,7 @@ from rulebus.template.model import App, RuleSpec
 log = logging.getLogger("rulebus.engine")
 
 BATCH_SIZE = 512
-WINDOW = 8  # batches delivered at once
+WINDOW = 4  # batches delivered at once by each engine process
 MIN_POLL = 0.001  # seconds: the first look for events other processes wrote, when idle
 IDLE_POLL = 0.02  # and the longest wait between looks
 # After a batch that was not full, wait this long before reading again, so
