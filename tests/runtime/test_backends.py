@@ -147,3 +147,32 @@ def test_partitions_share_the_log_and_resume_safely_when_their_number_changes(
         await whole.close()
 
     asyncio.run(main())
+
+
+def test_a_log_from_before_partitions_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """A data directory written before partitions keeps its dispatch position."""
+    import sqlite3
+
+    from rulebus.backends.sqlite_bus import SCHEMA
+
+    path = tmp_path / "bus.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        SCHEMA + "CREATE TABLE dispatch (one INTEGER PRIMARY KEY CHECK (one = 1), seq INTEGER);"
+    )
+    conn.executemany(
+        "INSERT INTO events (id, topic, ts, payload) VALUES (?, 't', 1, '{}')",
+        [(f"e{i}",) for i in range(7)],
+    )
+    conn.execute("INSERT INTO dispatch (one, seq) VALUES (1, 5)")
+    conn.commit()
+    conn.close()
+
+    async def main() -> None:
+        bus = SqliteBus(path)
+        await bus.open()
+        assert await bus.start_dispatch() == 5
+        assert [e.id for e in await bus.read(5, 100)] == ["e5", "e6"]
+        await bus.close()
+
+    asyncio.run(main())

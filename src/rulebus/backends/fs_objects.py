@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rulebus.backends.wakeups import Outcome, settle_from_thread
 from rulebus.errors import BadInput, NotFound
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -102,7 +103,7 @@ class _FileWriter:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            settled: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+            outcomes: list[Outcome] = []
             stopping = False
             for i, item in enumerate(batch):
                 if item is None:
@@ -115,25 +116,12 @@ class _FileWriter:
                 try:
                     self._write(path, body)
                 except Exception as exc:
-                    settled.setdefault(loop, []).append((future, exc))
+                    outcomes.append((loop, future, True, exc))
                 else:
-                    settled.setdefault(loop, []).append((future, None))
-            # One wake-up per loop for all the files written.
-            for loop, outcomes in settled.items():
-                with contextlib.suppress(RuntimeError):  # that loop has closed
-                    loop.call_soon_threadsafe(_settle, outcomes)
+                    outcomes.append((loop, future, False, None))
+            settle_from_thread(outcomes)
             if stopping:
                 return
-
-
-def _settle(outcomes: list[tuple[asyncio.Future[None], Exception | None]]) -> None:
-    for future, error in outcomes:
-        if future.done():
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
 
 
 class FileObjectStore:

@@ -80,36 +80,36 @@ _INSERT_CHUNK = 128  # rows per INSERT statement: 896 parameters
 
 def _insert(conn: sqlite3.Connection, rows: list[_Row]) -> list[Appended]:
     """Insert events, skipping ids already in the log (and repeats among ``rows``)."""
-    (base,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-    first: dict[str, int] = {}
-    unique = []
+    base = _head(conn)
+    first: dict[str, _Row] = {}
     for row in rows:
-        if row[0] not in first:
-            first[row[0]] = 0
-            unique.append(row)
+        first.setdefault(row[0], row)
+    unique = list(first.values())
     for start in range(0, len(unique), _INSERT_CHUNK):
         chunk = unique[start : start + _INSERT_CHUNK]
         conn.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
-    (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-    if top - base == len(unique):
+    if _head(conn) - base == len(unique):
         # No id was in the log already: SQLite gave the rows the next
         # positions in order (it takes max(seq) + 1, and this writer holds
         # the database's write lock).
-        new = {row[0]: base + 1 + i for i, row in enumerate(unique)}
+        inserted = {row[0]: base + 1 + i for i, row in enumerate(unique)}
     else:
-        new = dict(conn.execute("SELECT id, seq FROM events WHERE seq > ?", (base,)).fetchall())
+        inserted = dict(
+            conn.execute("SELECT id, seq FROM events WHERE seq > ?", (base,)).fetchall()
+        )
     out = []
-    for row in rows:
-        id_ = row[0]
-        seq = new.pop(id_, None)
-        if seq is not None:
-            first[id_] = seq
-            out.append(Appended(id_, seq))
-            continue
-        if not first[id_]:
-            (first[id_],) = conn.execute("SELECT seq FROM events WHERE id = ?", (id_,)).fetchone()
-        out.append(Appended(id_, first[id_], duplicate=True))
+    seqs = dict(inserted)
+    for id_, *_ in rows:
+        if id_ not in seqs:
+            (seqs[id_],) = conn.execute("SELECT seq FROM events WHERE id = ?", (id_,)).fetchone()
+        # The first row of an id inserted now is new; any other is a duplicate.
+        out.append(Appended(id_, seqs[id_], duplicate=inserted.pop(id_, None) is None))
     return out
+
+
+def _head(conn: sqlite3.Connection) -> int:
+    (seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    return int(seq)
 
 
 @lru_cache(maxsize=_INSERT_CHUNK)
@@ -130,7 +130,7 @@ def _dispatched_through(conn: sqlite3.Connection) -> int:
     positions = conn.execute("SELECT part, parts, seq FROM dispatch_parts").fetchall()
     if not positions:
         return 0  # no engine ever ran: nothing was dispatched
-    (through,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    through = _head(conn)
     for part, parts, seq in positions:
         pending = conn.execute(
             "SELECT seq FROM events WHERE seq > ? AND seq % ? = ? ORDER BY seq LIMIT 1",
@@ -322,16 +322,16 @@ class SqliteBus:
         return None if row is None else _row_event(row)
 
     async def head(self) -> int:
-        (seq,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-        return int(seq)
+        return _head(self._db)
 
     async def start_dispatch(self) -> int:
         part = self.partition
 
         def work(conn: sqlite3.Connection) -> int:
             rows = conn.execute("SELECT part, parts, seq FROM dispatch_parts").fetchall()
-            if rows and all(parts == part.count for _, parts, _ in rows):
-                return int(next(seq for p, _, seq in rows if p == part.index))
+            mine = {index: seq for index, parts, seq in rows if parts == part.count}
+            if len(mine) == len(rows) and part.index in mine:
+                return int(mine[part.index])
             # The first run, or another number of partitions than last time:
             # what each position meant no longer holds, so every partition
             # starts after the last event up to which all were dispatched.
@@ -356,11 +356,7 @@ class SqliteBus:
             (dispatched,) = conn.execute("SELECT count(*) FROM dispatch_parts").fetchone()
             # A rule seen for the first time applies to events that arrive
             # from now on, not to the history: like a new AWS IoT rule.
-            start = (
-                conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-                if dispatched
-                else 0
-            )
+            start = _head(conn) if dispatched else 0
             new = [(name, start) for name in names if name not in known]
             conn.executemany("INSERT INTO rule_starts (rule, seq) VALUES (?, ?)", new)
             known.update(new)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rulebus.backends.wakeups import settle_from_thread
+
 T = TypeVar("T")
 
 Work = Callable[[sqlite3.Connection], Any]
@@ -161,14 +163,10 @@ class GroupCommitWriter:
             results = _transaction(conn, [work for work, _, _ in batch])
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        # One wake-up per event loop for the whole commit: waking a loop is a
-        # system call, and a loop woken per item spends its time on wake-ups.
-        settled: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
-        for (_, future, loop), (failed, value) in zip(batch, results, strict=True):
-            settled.setdefault(loop, []).append((future, failed, value))
-        for loop, outcomes in settled.items():
-            with contextlib.suppress(RuntimeError):  # that loop has closed
-                loop.call_soon_threadsafe(_settle, outcomes)
+        settle_from_thread(
+            (loop, future, failed, value)
+            for (_, future, loop), (failed, value) in zip(batch, results, strict=True)
+        )
 
 
 def lock_path(path: Path) -> Path:
@@ -203,13 +201,3 @@ def _transaction(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool
             conn.execute("ROLLBACK")
         return [(True, exc)] * len(works)
     return results
-
-
-def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, failed, value in outcomes:
-        if future.done():
-            continue
-        if failed:
-            future.set_exception(value)
-        else:
-            future.set_result(value)

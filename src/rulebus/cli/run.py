@@ -242,7 +242,7 @@ async def _supervise_all(
 ) -> None:
     """Hold the data directory's engine lock and keep one worker per partition running.
 
-    ``ready`` is set once every worker is (or once one has exited trying).
+    ``ready`` is set once each worker runs its engine or has exited trying.
     """
     lock = EngineLock(data_dir)
     locking = asyncio.ensure_future(lock.acquire())
@@ -250,16 +250,15 @@ async def _supervise_all(
     await asyncio.wait({locking, stopping}, return_when=asyncio.FIRST_COMPLETED)
     if not locking.done():
         locking.cancel()
+        lock.release()
         ready.set()
         return
     stopping.cancel()
     readies = [asyncio.Event() for _ in commands]
 
     async def all_ready() -> None:
-        await asyncio.wait(
-            [asyncio.ensure_future(r.wait()) for r in readies],
-            return_when=asyncio.ALL_COMPLETED,
-        )
+        for each in readies:
+            await each.wait()
         ready.set()
 
     try:

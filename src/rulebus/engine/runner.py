@@ -116,7 +116,7 @@ class Engine:
                     read_to = events[-1].seq
                     idle = MIN_POLL
                     if len(events) < BATCH_SIZE:
-                        await self._wait(self._stopping.wait(), LINGER)
+                        await self._wait(asyncio.sleep(LINGER))
                     continue
                 # Appends from this process wake the dispatcher at once; those
                 # of other processes (an API process, ``rulebus publish``) are
