@@ -158,41 +158,91 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants, from /proc."""
-    total = 0
-    stack = [pid]
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    out, stack = [], [pid]
     while stack:
         p = stack.pop()
-        with contextlib.suppress(OSError), open(f"/proc/{p}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-                    break
+        out.append(p)
         stack.extend(_children(p))
-    return total
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of ``pid`` so far, or zeros once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0, 0.0
+    # Fields 14 and 15 of proc(5), counted after the command name.
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+def label(pid: int) -> str:
+    """A short name for a process: its command line's most telling words."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return str(pid)
+    words = [a for a in argv[1:] if not a.startswith("-") and "/" not in a] or argv[:1]
+    partition = next((a for a in argv if "/" in a and a.replace("/", "").isdigit()), "")
+    return " ".join([*words[:2], partition]).strip() + f" ({pid})"
 
 
 class PeakRss:
-    """Samples the RSS of some process trees every ``interval`` seconds in a thread."""
+    """Samples the RSS of some process trees every ``interval`` seconds in a thread.
+
+    It also keeps each process's user and system CPU seconds used since
+    ``__enter__`` (``cpu``, by label), which tell which process a change made
+    cheaper, and whether in Python or in the kernel.
+    """
 
     def __init__(self, pids: Sequence[int], interval: float = 0.1) -> None:
         self.pids = list(pids)
         self.interval = interval
         self.peak = 0
+        self.cpu: dict[str, dict[str, float]] = {}
+        self._start: dict[int, tuple[float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        processes = [p for root in self.pids for p in tree(root)]
+        self.peak = max(self.peak, sum(rss_bytes(p) for p in processes))
+        for p in processes:
+            user, system = cpu_seconds(p)
+            if user or system:
+                user0, system0 = self._start.setdefault(p, (user, system))
+                self.cpu[label(p)] = {
+                    "user": round(user - user0, 2),
+                    "sys": round(system - system0, 2),
+                }
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, sum(tree_rss_bytes(p) for p in self.pids))
+            self._sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRss:
+        self._sample()
+        self.cpu = {}
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, sum(tree_rss_bytes(p) for p in self.pids))
+        self._sample()

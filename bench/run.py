@@ -8,6 +8,7 @@ yet, Redis down) is reported as n/a with the reason; the others still run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.figures import ingest, latency, pipeline, rules, sql, storage
-from bench.plan import FULL, QUICK, Plan
+from bench.plan import FULL, QUICK, Plan, Sizes
 from bench.report import Figure, table, write_json
 
 # name -> what it measures; the order is the table's.
@@ -32,6 +33,27 @@ FIGURES: dict[str, Callable[[Plan], Figure | list[Figure]]] = {
 }
 
 
+def _size_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Sizes)]
+
+
+def override(sizes: Sizes, settings: list[str]) -> Sizes:
+    """``sizes`` with ``NAME=VALUE`` settings applied (``--set pipeline_n=300000``)."""
+    changes: dict[str, float] = {}
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if name not in _size_names():
+            raise ValueError(
+                f"--set {setting}: no size {name!r}; choose from {', '.join(_size_names())}"
+            )
+        kind = type(getattr(sizes, name))
+        try:
+            changes[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"--set {setting}: {value!r} is not a {kind.__name__}") from None
+    return dataclasses.replace(sizes, **changes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes")
@@ -44,7 +66,19 @@ def main(argv: list[str] | None = None) -> int:
         help="where runs keep their data (default: a temporary directory)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SIZE=N",
+        help=f"change one size of the mode, for experiments: {', '.join(_size_names())}",
+    )
     args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    try:
+        sizes = override(sizes, args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     names = list(FIGURES)
     if args.only:
@@ -55,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}"
             )
     workdir = Path(tempfile.mkdtemp(prefix="rulebus-bench-", dir=args.workdir))
-    plan = Plan(quick=args.quick, sizes=QUICK if args.quick else FULL, workdir=workdir)
+    plan = Plan(quick=args.quick, sizes=sizes, workdir=workdir)
     started = time.monotonic()
     figures: list[Figure] = []
     try:
@@ -86,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     seconds = time.monotonic() - started
     mode = "quick" if args.quick else "full"
+    if args.set:
+        mode += f" with {', '.join(args.set)}"
     print(f"\nrulebus benchmarks, {mode} mode, {seconds:.0f} s\n")
     print(table(figures))
     if args.json:

@@ -63,6 +63,13 @@ def run_exchange_flow(exchange: Server, receiver: Receiver) -> None:
     for delivery in receiver.received:
         assert verify_signature(SECRET, delivery.headers, delivery.body)
         assert delivery.headers["rulebus-topic"] == "alert/fraud"
+
+    # The topic's log subscriber writes a line per notification.
+    def logged() -> list[str]:
+        return [line for line in exchange.output if "INFO rulebus.notify: fraud-alerts " in line]
+
+    wait_until(lambda: len(logged()) >= len(fraud), what="log lines")
+    assert sorted(json.loads(line.split(" ", 6)[6])["id"] for line in logged()) == sorted(fraud)
     # Nothing failed on the way, not even something a retry then fixed.
     assert [line for line in exchange.output if " ERROR " in line or "WARNING" in line] == []
 

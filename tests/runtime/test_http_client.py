@@ -139,3 +139,55 @@ async def _garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
     await read_request(reader)
     writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
     await writer.drain()
+
+
+def test_concurrent_posts_share_at_most_limit_connections() -> None:
+    """Posts beyond the pool's limit wait for a connection instead of opening more."""
+    open_now = 0
+    most = 0
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            while True:
+                try:
+                    await read_request(reader)
+                except asyncio.IncompleteReadError:
+                    return
+                await asyncio.sleep(0.01)
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        finally:
+            open_now -= 1
+
+    async def main() -> None:
+        server, url = await serve(respond)
+        client = HttpClient(limit=2)
+        statuses = await asyncio.gather(*(client.post(url, b"{}", {}, 5) for _ in range(10)))
+        await client.close()
+        server.close()
+        assert statuses == [204] * 10
+        assert most == 2
+
+    run(main())
+
+
+def test_an_answer_cut_short_is_an_error() -> None:
+    """A connection that closes in the middle of an answer fails the request."""
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, url = await serve(respond)
+        client = HttpClient()
+        with pytest.raises(HttpError, match="closed in the middle of the answer"):
+            await client.post(url, b"{}", {}, 5)
+        await client.close()
+        server.close()
+
+    run(main())

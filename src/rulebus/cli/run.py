@@ -7,9 +7,7 @@ import contextlib
 import ctypes
 import gc
 import logging
-import logging.handlers
 import os
-import queue
 import signal
 import socket
 import sys
@@ -25,6 +23,7 @@ from rulebus.api.app import build_api
 from rulebus.backends.base import Partition
 from rulebus.cli.common import data_dir_option
 from rulebus.errors import RulebusError
+from rulebus.logs import log_to_stderr
 from rulebus.runtime import EngineLock, Runtime
 from rulebus.template import App, load_app
 
@@ -108,7 +107,7 @@ def up(
     """Run an app: the HTTP API here, the engine and functions in worker processes."""
     if single_process and workers is not None:
         raise click.UsageError("--workers and --single-process exclude each other")
-    listener = _log_to_stderr(log_level)
+    listener = log_to_stderr(log_level)
     try:
         app = load_app(app_dir)
         try:
@@ -166,7 +165,7 @@ def worker(
     partition: Partition | None,
 ) -> None:
     """Run an app's engine and functions, without the HTTP API."""
-    listener = _log_to_stderr(log_level)
+    listener = log_to_stderr(log_level)
     try:
         app = load_app(app_dir)
         _run(_work(app, data_dir, ready_fd, partition))
@@ -176,22 +175,6 @@ def worker(
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
-
-
-def _log_to_stderr(level: str) -> logging.handlers.QueueListener:
-    """Log through a queue, so writing log lines never blocks the event loop."""
-    # Log records never show the caller's file and line, so skip finding
-    # them (the logging docs' own optimisation for hot paths).
-    logging._srcfile = None
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    stream = logging.StreamHandler()
-    stream.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    listener = logging.handlers.QueueListener(records, stream)
-    root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(records)]
-    root.setLevel(level.upper())
-    listener.start()
-    return listener
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:

@@ -1,0 +1,83 @@
+"""Server logging: records go through a queue to a thread that writes them in batches.
+
+The event loop only formats a record's message and queues it, so a slow
+stderr never blocks it. The log subscriber of a notification topic writes a
+line per notification, thousands a second under load, so the standard
+library's QueueHandler (which copies each record) and QueueListener (which
+writes and flushes each line on its own) cost too much here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+from typing import TextIO
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+BATCH = 256  # lines per write at most
+
+
+class _Enqueue(logging.Handler):
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord | None]) -> None:
+        super().__init__()
+        self._records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # The writer thread must not format the arguments: they may
+            # change after this call returns.
+            record.msg = record.getMessage()
+            record.args = None
+            if record.exc_info:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+                record.exc_info = None
+            self._records.put(record)
+        except Exception:
+            self.handleError(record)
+
+
+class LogWriter:
+    """Owns the root logger's output until ``stop``; started by :func:`log_to_stderr`."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
+        self._stream = stream
+        self._format = logging.Formatter(FORMAT)
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.records.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.records.get()]
+            while len(batch) < BATCH and not self.records.empty():
+                batch.append(self.records.get_nowait())
+            lines = [self._format.format(r) for r in batch if r is not None]
+            if lines:
+                try:
+                    self._stream.write("\n".join(lines) + "\n")
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass  # stderr is gone; nobody is left to tell
+            if None in batch:
+                return
+
+
+def log_to_stderr(level: str) -> LogWriter:
+    """Send the root logger's records at ``level`` and above to stderr, through a queue."""
+    # Log records never show the caller's file and line, so skip finding
+    # them (the logging docs' own optimisation for hot paths).
+    logging._srcfile = None
+    writer = LogWriter(sys.stderr)
+    root = logging.getLogger()
+    root.handlers[:] = [_Enqueue(writer.records)]
+    root.setLevel(level.upper())
+    writer.start()
+    return writer
