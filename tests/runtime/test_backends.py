@@ -53,6 +53,25 @@ def test_concurrent_puts_of_one_key_leave_one_whole_object(tmp_path: Path) -> No
     asyncio.run(main())
 
 
+def test_a_put_replaces_an_object_and_leaves_no_temporary_files(tmp_path: Path) -> None:
+    """Writing a key again replaces its body; the bucket holds only whole objects."""
+
+    async def main() -> None:
+        objects = FileObjectStore(tmp_path / "buckets")
+        await objects.open()
+        await objects.create_bucket("bkt")
+        assert await objects.put_many("bkt", [("a.json", b"1"), ("d/b.json", b"2")]) == [None] * 2
+        await objects.put("bkt", "a.json", b"replaced")
+        await objects.flush()
+        assert await objects.get("bkt", "a.json") == b"replaced"
+        assert await objects.get("bkt", "d/b.json") == b"2"
+        files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+        assert files == ["buckets/bkt/a.json", "buckets/bkt/d/b.json"]
+        await objects.close()
+
+    asyncio.run(main())
+
+
 def test_concurrent_appends_get_distinct_positions_and_repeats_are_duplicates(
     tmp_path: Path,
 ) -> None:

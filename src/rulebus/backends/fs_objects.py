@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import queue
 import re
@@ -48,6 +49,20 @@ def validate_key(key: str) -> str:
                 f"invalid object key {key!r}: use letters, digits and !_.*'()=@,:+- between '/'"
             )
     return key
+
+
+_TMPFILE = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+# What open() says where the file system or kernel has no O_TMPFILE.
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
+# linkat() follows the /proc/self/fd link only when called with a directory
+# fd, which os.link does only when given one.
+_ROOT_FD = os.open("/", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _write_all(fd: int, body: bytes) -> None:
+    view = memoryview(body)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _syncfs() -> object:
@@ -132,6 +147,7 @@ class FileObjectStore:
         self._dirty: set[str] = set()
         self._syncfs = _syncfs()
         self._buckets: dict[str, Path] = {}
+        self._tmpfile = hasattr(os, "O_TMPFILE")
         self._writer = _FileWriter(self._write)
         self._flushing = asyncio.Lock()
 
@@ -168,11 +184,39 @@ class FileObjectStore:
         await self._writer.submit(path, body)
         self._dirty.add(path)
 
-    @staticmethod
-    def _write(path: str, body: bytes) -> None:
+    def _write(self, path: str, body: bytes) -> None:
+        # A reader never sees half an object, and a crash leaves either the
+        # old object or the new one. The file is written without a name
+        # (O_TMPFILE) and linked into place once whole: one directory change
+        # per object instead of two (create, then rename), which is most of
+        # what an object costs the kernel. A crash leaves no stray file.
+        # Where that is not possible (an object being replaced, a file system
+        # without O_TMPFILE), a temporary file is renamed over it.
         folder, _, name = path.rpartition("/")
-        # Write then rename: a reader never sees half an object, and a crash
-        # leaves either the old object or the new one.
+        if self._tmpfile:
+            try:
+                fd = os.open(folder, _TMPFILE, 0o644)
+            except FileNotFoundError:
+                os.makedirs(folder, exist_ok=True)
+                fd = os.open(folder, _TMPFILE, 0o644)
+            except OSError as exc:
+                if exc.errno not in _NO_TMPFILE:
+                    raise
+                self._tmpfile = False
+            else:
+                try:
+                    _write_all(fd, body)
+                    os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=_ROOT_FD, follow_symlinks=True)
+                    return
+                except FileExistsError:
+                    pass  # replacing an object: rename over it below
+                except OSError as exc:
+                    # No /proc to link from, or linking refused: rename instead.
+                    if exc.errno not in (errno.ENOENT, errno.EXDEV, errno.EPERM):
+                        raise
+                    self._tmpfile = False
+                finally:
+                    os.close(fd)
         tmp = f"{folder}/.{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
@@ -181,9 +225,7 @@ class FileObjectStore:
             os.makedirs(folder, exist_ok=True)
             fd = os.open(tmp, flags, 0o644)
         try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, body)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -229,8 +271,8 @@ class FileObjectStore:
             fd = os.open(self.root, os.O_RDONLY)
             try:
                 if self._syncfs(fd) != 0:  # type: ignore[operator]
-                    errno = ctypes.get_errno()
-                    raise OSError(errno, f"syncfs: {os.strerror(errno)}")
+                    code = ctypes.get_errno()
+                    raise OSError(code, f"syncfs: {os.strerror(code)}")
             finally:
                 os.close(fd)
             return
