@@ -205,9 +205,9 @@ def label(pid: int) -> str:
 class PeakRss:
     """Samples the RSS of some process trees every ``interval`` seconds in a thread.
 
-    It also keeps each process's user and system CPU seconds used since
-    ``__enter__`` (``cpu``, by label), which tell which process a change made
-    cheaper, and whether in Python or in the kernel.
+    It also keeps, by process, the peak RSS (``peaks``) and the user and system
+    CPU seconds used since ``__enter__`` (``cpu``): they tell which process a
+    change made cheaper, and whether in Python or in the kernel.
     """
 
     def __init__(self, pids: Sequence[int], interval: float = 0.1) -> None:
@@ -215,18 +215,22 @@ class PeakRss:
         self.interval = interval
         self.peak = 0
         self.cpu: dict[str, dict[str, float]] = {}
+        self.peaks: dict[str, float] = {}  # MB, by label
         self._start: dict[int, tuple[float, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         processes = [p for root in self.pids for p in tree(root)]
-        self.peak = max(self.peak, sum(rss_bytes(p) for p in processes))
+        sizes = {p: rss_bytes(p) for p in processes}
+        self.peak = max(self.peak, sum(sizes.values()))
         for p in processes:
+            name = label(p)
+            self.peaks[name] = max(self.peaks.get(name, 0.0), round(sizes[p] / 2**20, 1))
             user, system = cpu_seconds(p)
             if user or system:
                 user0, system0 = self._start.setdefault(p, (user, system))
-                self.cpu[label(p)] = {
+                self.cpu[name] = {
                     "user": round(user - user0, 2),
                     "sys": round(system - system0, 2),
                 }

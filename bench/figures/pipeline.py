@@ -113,6 +113,7 @@ def run_once(
         "seconds": seconds,
         "send_seconds": sent["end"] - sent["start"],
         "peak_rss_mb": rss.peak / 2**20,
+        "peak_rss_mb_by_process": rss.peaks,
         "cpu_s": rss.cpu,
         "retries": sent["retries"],
         "evidence": seen,

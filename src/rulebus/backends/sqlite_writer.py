@@ -28,9 +28,11 @@ Work = Callable[[sqlite3.Connection], Any]
 
 _STOP = object()
 CHECKPOINT_EVERY = 0.5  # seconds
-# Measured at 1,000,000 exchange events: 2 MB 9,700 events/s; 16 MB 12,350
-# (peak RSS 232 MB for both processes); 32 MB 11,950 (286 MB).
-WRITER_CACHE_KIB = 16_000
+# Measured at 1,000,000 exchange events with one engine process: 2 MB 9,700
+# events/s; 16 MB 12,350; 32 MB 11,950. With the API and two workers, 8 MB
+# against 16 MB: 8,562-10,277 against 8,755-10,182 events/s (the same within
+# this machine's noise), and 10 MB less peak RSS in the API process.
+WRITER_CACHE_KIB = 8_000
 
 
 def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:
