@@ -176,6 +176,15 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: the RSS with each shared page split among its sharers."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -214,6 +223,7 @@ class PeakRss:
         self.pids = list(pids)
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self.cpu: dict[str, dict[str, float]] = {}
         self.peaks: dict[str, float] = {}  # MB, by label
         self._start: dict[int, tuple[float, float]] = {}
@@ -224,6 +234,9 @@ class PeakRss:
         processes = [p for root in self.pids for p in tree(root)]
         sizes = {p: rss_bytes(p) for p in processes}
         self.peak = max(self.peak, sum(sizes.values()))
+        # Each process's RSS counts the shared libraries again (about 18 MB
+        # each here); the PSS sum is what the processes take together.
+        self.peak_pss = max(self.peak_pss, sum(pss_bytes(p) for p in processes))
         for p in processes:
             name = label(p)
             self.peaks[name] = max(self.peaks.get(name, 0.0), round(sizes[p] / 2**20, 1))
