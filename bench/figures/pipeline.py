@@ -18,7 +18,10 @@ from typing import Any
 from bench import load
 from bench.deploy import Deployment, Unavailable, receiver, rulebus_exchange
 from bench.events import expected_alerts
-from bench.peers.celery_app.driver import WORKER_CONCURRENCY, celery_peer
+from bench.peers.celery_app.driver import WORKER_CONCURRENCY as POOL
+from bench.peers.celery_app.driver import celery_peer
+from bench.peers.faststream_app.driver import WORKERS as FASTSTREAM_WORKERS
+from bench.peers.faststream_app.driver import faststream_peer
 from bench.plan import Plan
 from bench.proc import PeakRss
 from bench.report import Figure, median, ratio
@@ -176,17 +179,31 @@ def measure_rulebus(plan: Plan) -> list[Figure]:
     return figures
 
 
-def measure_peer(plan: Plan) -> Figure:
-    """Figure 3: rulebus and the peer take turns on the same N."""
+PEERS: list[tuple[str, str, Starter, str]] = [
+    ("3_peer", "FastAPI+Celery+Redis", celery_peer, f"Celery prefork pool of {POOL}"),
+    (
+        "3_peer_faststream",
+        "FastAPI+FastStream+NATS",
+        faststream_peer,
+        f"{FASTSTREAM_WORKERS} FastStream worker processes",
+    ),
+]
+
+
+def measure_peer(plan: Plan) -> list[Figure]:
+    """Figure 3: rulebus and each peer take turns on the same N (rulebus once per turn)."""
     n = plan.sizes.peer_n
-    fig = Figure(
-        "3_peer",
-        f"3. rulebus ÷ FastAPI+Celery+Redis, N = {n:,}",
-        unit="events/s",
-        baseline_name="FastAPI+Celery+Redis",
-        target=f"≥ {TARGET_PEER_RATIO:.0f}×",
-    )
-    peer_eps: list[float] = []
+    figures = [
+        Figure(
+            key,
+            f"3. rulebus ÷ {name}, N = {n:,}",
+            unit="events/s",
+            baseline_name=name,
+            target=f"≥ {TARGET_PEER_RATIO:.0f}×",
+        )
+        for key, name, _, _ in PEERS
+    ]
+    peer_eps: list[list[float]] = [[] for _ in PEERS]
     rulebus_eps: list[float] = []
     rulebus_error: str | None = None
     for i in range(plan.sizes.runs):
@@ -197,19 +214,23 @@ def measure_peer(plan: Plan) -> Figure:
                 rulebus_eps.append(rb["events_per_s"])
             except (Unavailable, RuntimeError) as exc:
                 rulebus_error = str(exc)
-        try:
-            peer = run_fresh(celery_peer, plan, "peer-celery", n, seed)
-        except (Unavailable, RuntimeError) as exc:
-            fig.error = f"peer: {exc}"
-            break
-        peer_eps.append(peer["events_per_s"])
-        fig.runs.setdefault("peer_detail", []).append(peer)
-    fig.runs.update(rulebus_eps=rulebus_eps, peer_eps=peer_eps)
-    fig.value = median(rulebus_eps)
-    fig.baseline = median(peer_eps)
-    fig.ratio = ratio(fig.value, fig.baseline)
-    fig.met = None if fig.ratio is None else fig.ratio >= TARGET_PEER_RATIO
-    if rulebus_error:
-        fig.error = "; ".join(filter(None, [fig.error, rulebus_error]))
-    fig.notes.append(f"peer worker: Celery prefork pool of {WORKER_CONCURRENCY}")
-    return fig
+        for fig, eps, (key, _, start, _) in zip(figures, peer_eps, PEERS, strict=True):
+            if fig.error:
+                continue
+            try:
+                peer = run_fresh(start, plan, key, n, seed)
+            except (Unavailable, RuntimeError) as exc:
+                fig.error = f"peer: {exc}"
+                continue
+            eps.append(peer["events_per_s"])
+            fig.runs.setdefault("peer_detail", []).append(peer)
+    for fig, eps, (_, _, _, shape) in zip(figures, peer_eps, PEERS, strict=True):
+        fig.runs.update(rulebus_eps=rulebus_eps, peer_eps=eps)
+        fig.value = median(rulebus_eps)
+        fig.baseline = median(eps)
+        fig.ratio = ratio(fig.value, fig.baseline)
+        fig.met = None if fig.ratio is None else fig.ratio >= TARGET_PEER_RATIO
+        if rulebus_error:
+            fig.error = "; ".join(filter(None, [fig.error, rulebus_error]))
+        fig.notes.append(f"peer: {shape}")
+    return figures
