@@ -1,5 +1,8 @@
 """Bad input over HTTP gets a 4xx that says what was wrong, and never hurts the process."""
 
+import time
+import uuid
+
 import pytest
 
 from tests.runtime.helpers import Server, scan, wait_until
@@ -139,3 +142,15 @@ def test_a_bad_ndjson_line_is_reported_by_its_number(exchange: Server) -> None:
     results = response.json()["results"]
     assert results[1]["error"].startswith("line 2: invalid JSON")
     assert "id" in results[0] and "id" in results[2]
+
+
+def test_ids_given_by_the_server_are_time_ordered_uuids(exchange: Server) -> None:
+    """Server ids are version 7 UUIDs: a later event's id sorts after an earlier one's."""
+    ids = []
+    for _ in range(3):
+        response = exchange.post("/event", {"type": "sell", "price": 1})
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+        time.sleep(0.002)
+    assert [uuid.UUID(id_).version for id_ in ids] == [7, 7, 7]
+    assert ids == sorted(ids)
