@@ -13,6 +13,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from typing import TextIO
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -38,13 +39,29 @@ class _Enqueue(logging.Handler):
             self.handleError(record)
 
 
+class _Formatter(logging.Formatter):
+    """FORMAT, with the time text made once per second instead of once per line."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+        self._second = -1
+        self._text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime(self.default_time_format, self.converter(second))
+        return f"{self._text},{int(record.msecs):03d}"
+
+
 class LogWriter:
     """Owns the root logger's output until ``stop``; started by :func:`log_to_stderr`."""
 
     def __init__(self, stream: TextIO) -> None:
         self.records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
         self._stream = stream
-        self._format = logging.Formatter(FORMAT)
+        self._format = _Formatter()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
 
     def start(self) -> None:
@@ -72,9 +89,13 @@ class LogWriter:
 
 def log_to_stderr(level: str) -> LogWriter:
     """Send the root logger's records at ``level`` and above to stderr, through a queue."""
-    # Log records never show the caller's file and line, so skip finding
-    # them (the logging docs' own optimisation for hot paths).
+    # Log lines never show the caller's file and line, nor the thread or
+    # process, so records skip finding them (the logging docs' own
+    # optimisation for hot paths; getpid alone is a system call per record).
     logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     writer = LogWriter(sys.stderr)
     root = logging.getLogger()
     root.handlers[:] = [_Enqueue(writer.records)]
