@@ -82,8 +82,12 @@ def run_once(
     seed: int,
     alerts: int,
     event_type: str | None = None,
+    rows_before: int = 0,
 ) -> dict[str, Any]:
-    """Post the stream ``(n, seed)`` to ``d`` and time it until the evidence is complete."""
+    """Post the stream ``(n, seed)`` to ``d`` and time it until the evidence is complete.
+
+    ``rows_before``: rows the table held already (a deployment used for several runs).
+    """
     s = plan.sizes
     args = [
         "batches",
@@ -102,7 +106,7 @@ def run_once(
     with PeakRss(d.pids) as rss:
         generator = load.start_loadgen(args)
         try:
-            done_at, seen = wait_done(d, hook, n, alerts, generator)
+            done_at, seen = wait_done(d, hook, rows_before + n, alerts, generator)
             sent = load.finish_loadgen(generator, timeout=60)
         finally:
             if generator.poll() is None:
