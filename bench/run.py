@@ -108,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             if name == "pipeline":
                 plan.pipeline_events_per_s = got[0].value
+        seconds = time.monotonic() - started
+        mode = "quick" if args.quick else "full"
+        if args.set:
+            mode += f" with {', '.join(args.set)}"
+        print(f"\nrulebus benchmarks, {mode} mode, {seconds:.0f} s\n", flush=True)
+        print(table(figures), flush=True)
+        if args.json:
+            write_json(args.json, mode, seconds, figures)
     finally:
         if args.keep:
             print(f"[bench] work directory kept: {workdir}", file=sys.stderr)
@@ -124,14 +132,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"[bench] work directory removed in {time.monotonic() - t0:.0f} s",
                 file=sys.stderr,
             )
-    seconds = time.monotonic() - started
-    mode = "quick" if args.quick else "full"
-    if args.set:
-        mode += f" with {', '.join(args.set)}"
-    print(f"\nrulebus benchmarks, {mode} mode, {seconds:.0f} s\n")
-    print(table(figures))
-    if args.json:
-        write_json(args.json, mode, seconds, figures)
     return 0
 
 
