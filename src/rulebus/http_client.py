@@ -206,9 +206,12 @@ class HttpClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            if not pool.idle and pool.opened >= pool.limit:
-                await asyncio.wait_for(pool.slot(), timeout)
             while True:
+                if not pool.idle and pool.opened >= pool.limit:
+                    # Another request may take the freed connection before
+                    # this one runs again, so look again after waking.
+                    await asyncio.wait_for(pool.slot(), max(deadline - loop.time(), 0))
+                    continue
                 conn = pool.take()
                 fresh = conn is None
                 if conn is None:
