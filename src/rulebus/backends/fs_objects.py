@@ -51,7 +51,8 @@ def validate_key(key: str) -> str:
     return key
 
 
-_TMPFILE = os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)  # Linux only
+_TMPFILE = _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
 # What open() says where the file system or kernel has no O_TMPFILE.
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 # linkat() follows the /proc/self/fd link only when called with a directory
@@ -147,7 +148,7 @@ class FileObjectStore:
         self._dirty: set[str] = set()
         self._syncfs = _syncfs()
         self._buckets: dict[str, Path] = {}
-        self._tmpfile = hasattr(os, "O_TMPFILE")
+        self._tmpfile = _O_TMPFILE != 0
         self._writer = _FileWriter(self._write)
         self._flushing = asyncio.Lock()
 
