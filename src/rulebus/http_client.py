@@ -122,9 +122,21 @@ class _Connection(asyncio.Protocol):
             self.fail(HttpError("response body too long"))
 
     def on_message_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the final one
+            # follows on the same connection.
+            self._status = 0
+            return
         answer = self._answer
         if answer is not None and not answer.done():
-            answer.set_result((self._parser.get_status_code(), self._parser.should_keep_alive()))
+            assert self.transport is not None
+            # A server that answered before reading the whole request may
+            # read the rest as a new one: do not reuse the connection then.
+            keep_alive = (
+                self._parser.should_keep_alive() and self.transport.get_write_buffer_size() == 0
+            )
+            answer.set_result((status, keep_alive))
 
 
 class _Pool:
@@ -156,15 +168,20 @@ class _Pool:
             conn = self.idle.pop()
             if not conn.closed:
                 return conn
-            self.opened -= 1
+            self.release()
         return None
 
     def give_back(self, conn: _Connection, reusable: bool) -> None:
         if reusable and not conn.closed:
             self.idle.append(conn)
+            self._wake()
         else:
             conn.close()
-            self.opened -= 1
+            self.release()
+
+    def release(self) -> None:
+        """A connection is gone (or was never made): its slot is free for a waiter."""
+        self.opened -= 1
         self._wake()
 
     def _wake(self) -> None:
@@ -219,7 +236,7 @@ class HttpClient:
                     try:
                         conn = await asyncio.wait_for(self._connect(origin), deadline - loop.time())
                     except BaseException:
-                        pool.opened -= 1
+                        pool.release()
                         raise
                 try:
                     status, keep_alive = await _exchange(loop, conn, request, deadline, timeout)

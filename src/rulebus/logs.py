@@ -68,15 +68,26 @@ class LogWriter:
         self._thread.start()
 
     def stop(self) -> None:
+        """Write what is queued and stop; later records go straight to the stream."""
+        root = logging.getLogger()
+        root.handlers[:] = [h for h in root.handlers if not isinstance(h, _Enqueue)]
+        root.addHandler(logging.StreamHandler(self._stream))
         self.records.put(None)
         self._thread.join()
+
+    def _line(self, record: logging.LogRecord) -> str:
+        try:
+            return self._format.format(record)
+        except Exception:
+            # A bad record must not end the thread, or the queue would grow unread.
+            return f"{record.levelname} {record.name}: (unformattable) {record.msg!r}"
 
     def _run(self) -> None:
         while True:
             batch = [self.records.get()]
             while len(batch) < BATCH and not self.records.empty():
                 batch.append(self.records.get_nowait())
-            lines = [self._format.format(r) for r in batch if r is not None]
+            lines = [self._line(r) for r in batch if r is not None]
             if lines:
                 try:
                     self._stream.write("\n".join(lines) + "\n")

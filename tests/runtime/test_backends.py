@@ -1,6 +1,7 @@
 """The embedded stores under concurrent use, through their Python interface."""
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,11 @@ def test_a_put_replaces_an_object_and_leaves_no_temporary_files(tmp_path: Path) 
         assert await objects.get("bkt", "d/b.json") == b"2"
         files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
         assert files == ["buckets/bkt/a.json", "buckets/bkt/d/b.json"]
+        # Writing into new folders leaves no file open behind.
+        open_before = len(os.listdir("/proc/self/fd"))
+        keys = [(f"new-{i}/x.json", b"x") for i in range(20)]
+        assert await objects.put_many("bkt", keys) == [None] * 20
+        assert len(os.listdir("/proc/self/fd")) <= open_before
         await objects.close()
 
     asyncio.run(main())

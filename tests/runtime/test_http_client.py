@@ -191,3 +191,46 @@ def test_an_answer_cut_short_is_an_error() -> None:
         server.close()
 
     run(main())
+
+
+def test_an_interim_1xx_answer_is_skipped_for_the_final_one() -> None:
+    """A 100 Continue before the real answer does not become the request's status."""
+    statuses = iter([201, 202])
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            status = next(statuses)
+            writer.write(
+                b"HTTP/1.1 100 Continue\r\n\r\n"
+                + f"HTTP/1.1 {status} Done\r\ncontent-length: 0\r\n\r\n".encode()
+            )
+
+    async def main() -> None:
+        server, url = await serve(respond)
+        client = HttpClient(limit=1)
+        assert [await client.post(url, b"{}", {}, 5) for _ in range(2)] == [201, 202]
+        await client.close()
+        server.close()
+
+    run(main())
+
+
+def test_a_failed_connection_frees_its_place_for_waiting_posts() -> None:
+    """When connecting fails, posts waiting for a place fail at once, not at their time-out."""
+
+    async def main() -> None:
+        client = HttpClient(limit=1)
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(
+            *(client.post("http://127.0.0.1:9/nobody", b"{}", {}, 5) for _ in range(3)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, HttpError) and "cannot connect" in str(r) for r in results)
+        assert asyncio.get_running_loop().time() - started < 2
+        await client.close()
+
+    run(main())

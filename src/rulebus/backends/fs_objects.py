@@ -194,30 +194,21 @@ class FileObjectStore:
         # Where that is not possible (an object being replaced, a file system
         # without O_TMPFILE), a temporary file is renamed over it.
         folder, _, name = path.rpartition("/")
-        if self._tmpfile:
+        fd = self._open_unnamed(folder) if self._tmpfile else None
+        if fd is not None:
             try:
-                fd = os.open(folder, _TMPFILE, 0o644)
-            except FileNotFoundError:
-                os.makedirs(folder, exist_ok=True)
-                fd = os.open(folder, _TMPFILE, 0o644)
+                _write_all(fd, body)
+                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=_ROOT_FD, follow_symlinks=True)
+                return
+            except FileExistsError:
+                pass  # replacing an object: rename over it below
             except OSError as exc:
-                if exc.errno not in _NO_TMPFILE:
+                # No /proc to link from, or linking refused: rename instead.
+                if exc.errno not in (errno.ENOENT, errno.EXDEV, errno.EPERM):
                     raise
                 self._tmpfile = False
-            else:
-                try:
-                    _write_all(fd, body)
-                    os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=_ROOT_FD, follow_symlinks=True)
-                    return
-                except FileExistsError:
-                    pass  # replacing an object: rename over it below
-                except OSError as exc:
-                    # No /proc to link from, or linking refused: rename instead.
-                    if exc.errno not in (errno.ENOENT, errno.EXDEV, errno.EPERM):
-                        raise
-                    self._tmpfile = False
-                finally:
-                    os.close(fd)
+            finally:
+                os.close(fd)
         tmp = f"{folder}/.{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
@@ -226,10 +217,31 @@ class FileObjectStore:
             os.makedirs(folder, exist_ok=True)
             fd = os.open(tmp, flags, 0o644)
         try:
-            _write_all(fd, body)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+            try:
+                _write_all(fd, body)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _open_unnamed(self, folder: str) -> int | None:
+        """An unnamed file in ``folder`` (made if missing), or None where there are none."""
+        for attempt in range(2):
+            try:
+                return os.open(folder, _TMPFILE, 0o644)
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                if exc.errno not in _NO_TMPFILE:
+                    raise
+                self._tmpfile = False
+                return None
+        return None
 
     async def put_many(
         self, bucket: str, objects: Sequence[tuple[str, bytes]]
