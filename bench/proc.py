@@ -168,21 +168,22 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def rss_bytes(pid: int) -> int:
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+def _kib_field(pid: int, file: str, field: str) -> int:
+    """A ``field: N kB`` line of ``/proc/<pid>/<file>``, in bytes; 0 once the process is gone."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/{file}") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    return _kib_field(pid, "status", "VmRSS:")
 
 
 def pss_bytes(pid: int) -> int:
     """Proportional set size: the RSS with each shared page split among its sharers."""
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _kib_field(pid, "smaps_rollup", "Pss:")
 
 
 _TICK = os.sysconf("SC_CLK_TCK")

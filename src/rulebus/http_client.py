@@ -142,8 +142,7 @@ class _Connection(asyncio.Protocol):
 class _Pool:
     """The connections to one origin: at most ``limit`` open, idle ones reused."""
 
-    def __init__(self, origin: Origin, limit: int) -> None:
-        self.origin = origin
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self.idle: list[_Connection] = []
         self.opened = 0
@@ -219,7 +218,7 @@ class HttpClient:
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         pool = self._pools.get(origin)
         if pool is None:
-            pool = self._pools[origin] = _Pool(origin, self._limit)
+            pool = self._pools[origin] = _Pool(self._limit)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:

@@ -7,13 +7,13 @@ the API is one uvicorn process with uvloop and httptools, like rulebus's.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.deploy import REPO, Deployment, Unavailable, child_env, uvicorn_command
+from bench.deploy import REPO, Deployment, Unavailable, uvicorn_command
 from bench.peers.celery_app import config
+from bench.peers.common import prepare
 from bench.proc import Server, StartError, free_port, running
 from bench.stores import TableCounter
 
@@ -38,29 +38,14 @@ def celery_peer(
     """Start the peer in ``workdir/peer-<port>``; yields its Deployment."""
     _flush_queue(redis_url)
     port = free_port()
-    home = workdir / f"peer-{port}"
-    alerts = home / "fraud-archive"
-    alerts.mkdir(parents=True)
-    db_path = home / "peer.sqlite3"
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(config.SCHEMA)
-    env = child_env(
-        {
-            "PEER_REDIS_URL": redis_url,
-            "PEER_DB": str(db_path),
-            "PEER_ALERT_DIR": str(alerts),
-            "PEER_WEBHOOK_URL": receiver_url + "/fraud",
-            "PEER_WEBHOOK_SECRET": secret,
-        }
-    )
+    home = prepare(workdir / f"peer-{port}", receiver_url, secret, {"PEER_REDIS_URL": redis_url})
     base = f"http://127.0.0.1:{port}"
     api = Server(
         "peer api",
         uvicorn_command("bench.peers.celery_app.api:app", port),
-        home / "api.log",
+        home.path / "api.log",
         health_url=base + "/healthz",
-        env=env,
+        env=home.env,
         cwd=REPO,
     )
     worker = Server(
@@ -82,16 +67,18 @@ def celery_peer(
             "--without-mingle",
             "--without-heartbeat",
         ],
-        home / "worker.log",
+        home.path / "worker.log",
         ready_pattern=r"peer worker ready",
-        env=env,
+        env=home.env,
         cwd=REPO,
         start_timeout=60,
     )
-    counter = TableCounter(db_path, "events")
+    counter = TableCounter(home.db_path, "events")
     try:
         with running(worker, api):
-            yield Deployment("FastAPI+Celery+Redis", base, counter, alerts, [api.pid, worker.pid])
+            yield Deployment(
+                "FastAPI+Celery+Redis", base, counter, home.alerts, [api.pid, worker.pid]
+            )
     except StartError as exc:
         raise Unavailable(str(exc)) from None
     finally:

@@ -8,7 +8,6 @@ it has run, which is as durable as Redis without persistence allows.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
@@ -18,7 +17,14 @@ from celery.signals import worker_ready
 
 from bench.events import is_fraud
 from bench.peers.celery_app import config
-from bench.signing import sign_headers
+from bench.peers.common import (
+    INSERT_ROW,
+    WEBHOOK_URL,
+    connect_table,
+    encode,
+    webhook_request,
+    write_alert,
+)
 
 app = Celery("exchange", broker=config.REDIS_URL)
 app.conf.update(
@@ -40,10 +46,7 @@ _http: httpx.Client | None = None
 def db() -> sqlite3.Connection:
     global _db
     if _db is None:
-        _db = sqlite3.connect(config.DB_PATH, isolation_level=None, timeout=30)
-        _db.execute("PRAGMA journal_mode=WAL")
-        _db.execute("PRAGMA synchronous=NORMAL")
-        _db.execute("PRAGMA busy_timeout=30000")
+        _db = connect_table()
     return _db
 
 
@@ -57,10 +60,7 @@ def http() -> httpx.Client:
 @app.task
 def archive_event(event: dict[str, Any]) -> None:
     """Step 2: every event becomes a row of ``events``."""
-    db().execute(
-        "INSERT OR REPLACE INTO events (id, item) VALUES (?, ?)",
-        (event["id"], json.dumps(event, separators=(",", ":"))),
-    )
+    db().execute(INSERT_ROW, (event["id"], encode(event)))
 
 
 @app.task
@@ -73,21 +73,15 @@ def fraud_check(event: dict[str, Any]) -> None:
 
 @app.task
 def archive_alert(event: dict[str, Any]) -> None:
-    """Step 4a: the fraud alert as ``<id>.json`` (written then renamed, never half a file)."""
-    target = config.ALERT_DIR / f"{event['id']}.json"
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(event, separators=(",", ":")))
-    tmp.replace(target)
+    """Step 4a: the fraud alert as ``<id>.json``."""
+    write_alert(event)
 
 
 @app.task(autoretry_for=(httpx.HTTPError,), retry_backoff=True, max_retries=5)
 def notify_alert(event: dict[str, Any]) -> None:
     """Step 4b: POST the alert to the webhook, signed the Standard Webhooks way."""
-    body = json.dumps(event, separators=(",", ":")).encode()
-    headers = {"content-type": "application/json"}
-    if config.WEBHOOK_SECRET:
-        headers.update(sign_headers(config.WEBHOOK_SECRET, body))
-    http().post(config.WEBHOOK_URL, content=body, headers=headers).raise_for_status()
+    body, headers = webhook_request(event)
+    http().post(WEBHOOK_URL, content=body, headers=headers).raise_for_status()
 
 
 @worker_ready.connect

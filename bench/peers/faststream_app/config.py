@@ -1,18 +1,14 @@
-"""The peer's settings, from the environment (the driver sets them)."""
+"""The peer's own settings, from the environment (the driver sets them; the shared
+ones are in ``bench.peers.common``)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 NATS_URL = os.environ.get("PEER_NATS_URL", "nats://127.0.0.1:4222")
 STREAM = os.environ.get("PEER_STREAM", "rulebus_bench_exchange")
 SUBJECTS = f"{STREAM}.>"
-DB_PATH = Path(os.environ.get("PEER_DB", "peer.sqlite3"))
-ALERT_DIR = Path(os.environ.get("PEER_ALERT_DIR", "fraud-archive"))
-WEBHOOK_URL = os.environ.get("PEER_WEBHOOK_URL", "")
-WEBHOOK_SECRET = os.environ.get("PEER_WEBHOOK_SECRET", "")
 
 
 def event_subject(event_type: str) -> str:

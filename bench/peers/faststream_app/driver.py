@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.deploy import REPO, Deployment, Unavailable, child_env, uvicorn_command
-from bench.peers.celery_app.config import SCHEMA
+from bench.deploy import REPO, Deployment, Unavailable, uvicorn_command
+from bench.peers.common import prepare
 from bench.peers.faststream_app import config
 from bench.proc import Server, StartError, free_port, running
 from bench.stores import TableCounter
@@ -55,51 +54,38 @@ def faststream_peer(
     """Start the peer in ``workdir/faststream-<port>``; yields its Deployment."""
     asyncio.run(_fresh_stream(nats_url))
     port = free_port()
-    home = workdir / f"faststream-{port}"
-    alerts = home / "fraud-archive"
-    alerts.mkdir(parents=True)
-    db_path = home / "peer.sqlite3"
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(SCHEMA)
-    env = child_env(
-        {
-            "PEER_NATS_URL": nats_url,
-            "PEER_DB": str(db_path),
-            "PEER_ALERT_DIR": str(alerts),
-            "PEER_WEBHOOK_URL": receiver_url + "/fraud",
-            "PEER_WEBHOOK_SECRET": secret,
-        }
+    home = prepare(
+        workdir / f"faststream-{port}", receiver_url, secret, {"PEER_NATS_URL": nats_url}
     )
     base = f"http://127.0.0.1:{port}"
     api = Server(
         "faststream api",
         uvicorn_command("bench.peers.faststream_app.api:app", port),
-        home / "api.log",
+        home.path / "api.log",
         health_url=base + "/healthz",
-        env=env,
+        env=home.env,
         cwd=REPO,
     )
     workers = [
         Server(
             f"faststream worker {i}",
             [sys.executable, "-m", "bench.peers.faststream_app.worker"],
-            home / f"worker-{i}.log",
+            home.path / f"worker-{i}.log",
             ready_pattern=r"peer worker ready",
-            env=env,
+            env=home.env,
             cwd=REPO,
             start_timeout=60,
         )
         for i in range(WORKERS)
     ]
-    counter = TableCounter(db_path, "events")
+    counter = TableCounter(home.db_path, "events")
     try:
         with running(*workers, api):
             yield Deployment(
                 "FastAPI+FastStream+NATS",
                 base,
                 counter,
-                alerts,
+                home.alerts,
                 [api.pid, *(w.pid for w in workers)],
             )
     except StartError as exc:

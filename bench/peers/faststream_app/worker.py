@@ -9,8 +9,6 @@ adds a second row, as in the Celery peer.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from typing import Any
 
 import httpx
@@ -18,8 +16,15 @@ from faststream import FastStream
 from faststream.nats import JStream, NatsBroker, PullSub
 
 from bench.events import is_fraud
+from bench.peers.common import (
+    INSERT_ROW,
+    WEBHOOK_URL,
+    connect_table,
+    encode,
+    webhook_request,
+    write_alert,
+)
 from bench.peers.faststream_app import config
-from bench.signing import sign_headers
 
 # Warnings and errors only: FastStream logs two lines per message at INFO (the
 # Celery peer's worker runs with --loglevel WARNING too).
@@ -31,20 +36,14 @@ stream = JStream(config.STREAM, subjects=[config.SUBJECTS], declare=False)
 PULL = PullSub(batch_size=64)
 CONCURRENCY = 32
 
-_db = sqlite3.connect(config.DB_PATH, isolation_level=None, timeout=30, check_same_thread=False)
-_db.execute("PRAGMA journal_mode=WAL")
-_db.execute("PRAGMA synchronous=NORMAL")
-_db.execute("PRAGMA busy_timeout=30000")
+_db = connect_table(check_same_thread=False)
 _http = httpx.AsyncClient(timeout=10)
 
 
 @broker.subscriber(config.event_subject("*"), stream=stream, durable="archive", pull_sub=PULL)
 async def archive_event(event: dict[str, Any]) -> None:
     """Step 2: every event becomes a row of ``events``."""
-    _db.execute(
-        "INSERT OR REPLACE INTO events (id, item) VALUES (?, ?)",
-        (event["id"], json.dumps(event, separators=(",", ":"))),
-    )
+    _db.execute(INSERT_ROW, (event["id"], encode(event)))
 
 
 @broker.subscriber(
@@ -62,11 +61,8 @@ async def fraud_check(event: dict[str, Any]) -> None:
 
 @broker.subscriber(config.ALERT_SUBJECT, stream=stream, durable="archive_alert", pull_sub=PULL)
 async def archive_alert(event: dict[str, Any]) -> None:
-    """Step 4a: the fraud alert as ``<id>.json`` (written then renamed, never half a file)."""
-    target = config.ALERT_DIR / f"{event['id']}.json"
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(event, separators=(",", ":")))
-    tmp.replace(target)
+    """Step 4a: the fraud alert as ``<id>.json``."""
+    write_alert(event)
 
 
 @broker.subscriber(
@@ -78,11 +74,8 @@ async def archive_alert(event: dict[str, Any]) -> None:
 )
 async def notify_alert(event: dict[str, Any]) -> None:
     """Step 4b: POST the alert to the webhook, signed the Standard Webhooks way."""
-    body = json.dumps(event, separators=(",", ":")).encode()
-    headers = {"content-type": "application/json"}
-    if config.WEBHOOK_SECRET:
-        headers.update(sign_headers(config.WEBHOOK_SECRET, body))
-    response = await _http.post(config.WEBHOOK_URL, content=body, headers=headers)
+    body, headers = webhook_request(event)
+    response = await _http.post(WEBHOOK_URL, content=body, headers=headers)
     response.raise_for_status()
 
 
