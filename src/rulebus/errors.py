@@ -85,3 +85,16 @@ class ActionError(RulebusError):
 
 class NotFound(RulebusError):
     """A table, bucket, key or dead letter that does not exist."""
+
+
+class Unavailable(RulebusError):
+    """A backend that cannot be reached or refuses to work: which one, where, and why.
+
+    ``url`` never carries a password; backends redact it before raising.
+    """
+
+    def __init__(self, what: str, url: str, reason: str) -> None:
+        super().__init__(f"cannot use {what} at {url}: {reason}")
+        self.what = what
+        self.url = url
+        self.reason = reason

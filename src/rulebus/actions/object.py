@@ -16,7 +16,7 @@ from rulebus.actions.base import (
     template_option,
 )
 from rulebus.actions.registry import register
-from rulebus.backends.fs_objects import validate_key
+from rulebus.backends.base import validate_key
 from rulebus.errors import ActionError, BadInput
 from rulebus.sql import Template
 from rulebus.template.options import Options, constant_shape

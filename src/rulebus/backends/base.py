@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rulebus.errors import BadInput
 from rulebus.events import Event
 
 
@@ -202,3 +204,35 @@ class ObjectStore(Protocol):
     async def flush(self) -> None:
         """Make every completed ``put`` durable (a barrier before deliveries are acknowledged)."""
         ...
+
+
+# -- names every object store accepts ----------------------------------------
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9!_.*'()=@,:+-]+$")
+MAX_KEY_BYTES = 1024
+
+
+def validate_bucket(name: str) -> str:
+    """S3's bucket naming rules, minus the ones about IP addresses."""
+    if not _BUCKET.match(name) or ".." in name:
+        raise BadInput(
+            f"invalid bucket name {name!r}: use 3-63 lowercase letters, digits, '.' and '-'"
+        )
+    return name
+
+
+def validate_key(key: str) -> str:
+    """A key is '/'-separated segments of S3's safe characters; none is '.' or '..'."""
+    if not key:
+        raise BadInput("invalid object key: empty")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise BadInput(f"invalid object key: longer than {MAX_KEY_BYTES} bytes")
+    for segment in key.split("/"):
+        if segment in ("", ".", "..") or segment.startswith("."):
+            raise BadInput(f"invalid object key {key!r}: empty, '.' or '..' path segment")
+        if not _SEGMENT.match(segment):
+            raise BadInput(
+                f"invalid object key {key!r}: use letters, digits and !_.*'()=@,:+- between '/'"
+            )
+    return key

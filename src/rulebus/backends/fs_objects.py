@@ -12,44 +12,14 @@ import ctypes
 import errno
 import os
 import queue
-import re
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rulebus.backends.base import validate_bucket, validate_key
 from rulebus.backends.wakeups import Outcome, settle_from_thread
-from rulebus.errors import BadInput, NotFound
-
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9!_.*'()=@,:+-]+$")
-MAX_KEY_BYTES = 1024
-
-
-def validate_bucket(name: str) -> str:
-    """S3's bucket naming rules, minus the ones about IP addresses."""
-    if not _BUCKET.match(name) or ".." in name:
-        raise BadInput(
-            f"invalid bucket name {name!r}: use 3-63 lowercase letters, digits, '.' and '-'"
-        )
-    return name
-
-
-def validate_key(key: str) -> str:
-    """A key is '/'-separated segments of S3's safe characters; none is '.' or '..'."""
-    if not key:
-        raise BadInput("invalid object key: empty")
-    if len(key.encode()) > MAX_KEY_BYTES:
-        raise BadInput(f"invalid object key: longer than {MAX_KEY_BYTES} bytes")
-    for segment in key.split("/"):
-        if segment in ("", ".", "..") or segment.startswith("."):
-            raise BadInput(f"invalid object key {key!r}: empty, '.' or '..' path segment")
-        if not _SEGMENT.match(segment):
-            raise BadInput(
-                f"invalid object key {key!r}: use letters, digits and !_.*'()=@,:+- between '/'"
-            )
-    return key
-
+from rulebus.errors import NotFound
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)  # Linux only
 _TMPFILE = _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
@@ -316,3 +286,8 @@ class FileObjectStore:
                 key = name if rel == Path(".") else f"{rel.as_posix()}/{name}"
                 if key.startswith(prefix):
                     yield key
+
+
+def from_url(url: str, data_dir: Path) -> FileObjectStore:
+    """``file``: one folder per bucket under ``data_dir/buckets``."""
+    return FileObjectStore(data_dir / "buckets")

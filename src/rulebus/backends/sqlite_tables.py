@@ -159,3 +159,8 @@ class SqliteTableStore:
         assert self._reader is not None
         (n,) = self._reader.execute(f"SELECT count(*) FROM {_quote(table)}").fetchone()
         return int(n)
+
+
+def from_url(url: str, data_dir: Path, *, cache_kib: int = WRITER_CACHE_KIB) -> SqliteTableStore:
+    """``sqlite``: the tables in ``data_dir/tables.sqlite3``."""
+    return SqliteTableStore(data_dir / "tables.sqlite3", cache_kib=cache_kib)

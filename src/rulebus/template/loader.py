@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rulebus.actions import registry
 from rulebus.actions.base import Action, Declared
-from rulebus.backends.fs_objects import validate_bucket
+from rulebus.backends.base import validate_bucket
 from rulebus.errors import BadInput, RulebusError, SqlError, TemplateError
 from rulebus.functions import load_handler
 from rulebus.sql import DEFAULT_SQL_VERSION, SQL_VERSIONS, compile_rule, compile_template
