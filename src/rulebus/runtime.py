@@ -6,15 +6,16 @@ import asyncio
 import fcntl
 import logging
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rulebus.actions.base import Services
-from rulebus.backends.base import WHOLE_LOG, Partition
-from rulebus.backends.fs_objects import FileObjectStore
-from rulebus.backends.sqlite_bus import SqliteBus
-from rulebus.backends.sqlite_tables import SqliteTableStore
+from rulebus.backends.base import Bus, ObjectStore, TableStore
+from rulebus.backends.registry import DEFAULTS, is_embedded, open_store
+from rulebus.backends.sqlite_bus import Partition
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB
+from rulebus.engine.keys import keyer
 from rulebus.engine.runner import Engine
 from rulebus.functions import FunctionHost
 from rulebus.notifications import Notifier
@@ -23,32 +24,37 @@ from rulebus.template.model import App
 log = logging.getLogger("rulebus.runtime")
 
 
-WORKER_BUS_CACHE_KIB = 2_000
+@dataclass(frozen=True)
+class Backends:
+    """Where the bus, the tables and the buckets live: one URL each (see the registry)."""
+
+    bus: str = DEFAULTS["bus"]
+    tables: str = DEFAULTS["tables"]
+    objects: str = DEFAULTS["objects"]
 
 
 def stores(
-    data_dir: Path, *, dispatching: bool = False, partition: Partition | None = None
-) -> tuple[SqliteBus, SqliteTableStore, FileObjectStore]:
-    """The embedded backends, laid out under ``data_dir``.
+    data_dir: Path,
+    backends: Backends = Backends(),
+    *,
+    app: App | None = None,
+    engine: bool = False,
+    partition: Partition | None = None,
+) -> tuple[Bus, TableStore, ObjectStore]:
+    """The stores for ``backends``, not opened yet; the embedded ones under ``data_dir``.
 
-    A worker of ``rulebus up`` (one of ``partition.count``) writes to the log
-    only what its functions publish, and shares the table writes with the
-    other workers, so its writers get smaller page caches: each process's
-    cache is memory of its own, and the benchmark's 300 MB counts them all.
+    With ``app``, events appended get their partition keys. A worker of
+    ``rulebus up`` (one of ``partition.count``) shares the table writes with
+    the other workers, so its SQLite writer gets a share of the page cache.
     """
-    bus_cache = tables_cache = WRITER_CACHE_KIB
+    options: dict[str, Any] = {"engine": engine, "keyer": keyer(app) if app else None}
     if partition is not None:
-        bus_cache = WORKER_BUS_CACHE_KIB
-        tables_cache = WRITER_CACHE_KIB // partition.count
+        options["partition"] = partition
+    cache = WRITER_CACHE_KIB // (partition.count if partition is not None else 1)
     return (
-        SqliteBus(
-            data_dir / "bus.sqlite3",
-            dispatching=dispatching,
-            partition=partition or WHOLE_LOG,
-            cache_kib=bus_cache,
-        ),
-        SqliteTableStore(data_dir / "tables.sqlite3", cache_kib=tables_cache),
-        FileObjectStore(data_dir / "buckets"),
+        open_store("bus", backends.bus, data_dir, **options),
+        open_store("tables", backends.tables, data_dir, cache_kib=cache),
+        open_store("objects", backends.objects, data_dir),
     )
 
 
@@ -86,17 +92,26 @@ class Runtime:
     """
 
     def __init__(
-        self, app: App, data_dir: Path, *, engine: bool = True, partition: Partition | None = None
+        self,
+        app: App,
+        data_dir: Path,
+        backends: Backends = Backends(),
+        *,
+        engine: bool = True,
+        partition: Partition | None = None,
     ) -> None:
         self.app = app
         self.data_dir = data_dir
         self.runs_engine = engine
         self.bus, self.tables, self.objects = stores(
-            data_dir, dispatching=engine, partition=partition
+            data_dir, backends, app=app, engine=engine, partition=partition
         )
+        # One engine per embedded log: two would deliver every event twice.
         # An engine for one partition runs under a supervisor (``rulebus
-        # up``) that holds the data directory's engine lock for all of them.
-        self._lock = EngineLock(data_dir) if partition is None else None
+        # up``) that holds the lock for all of them. Distributed buses share
+        # the work among any number of engines themselves.
+        embedded = is_embedded(backends.bus)
+        self._lock = EngineLock(data_dir) if embedded and partition is None else None
         self.engine: Engine | None = None
         self.notifier: Notifier | None = None
         self.functions: FunctionHost | None = None
@@ -146,9 +161,4 @@ class Runtime:
             self._lock.release()
 
     async def stats(self) -> dict[str, Any]:
-        return {
-            "head": await self.bus.head(),
-            "dispatched": await self.bus.load_dispatched(),
-            "retrying": await self.bus.count_retries(),
-            "dead_letters": await self.bus.count_dead_letters(),
-        }
+        return asdict(await self.bus.stats())

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rulebus.backends.base import Appended, Partition
+from rulebus.backends.base import Appended
 from rulebus.backends.fs_objects import FileObjectStore
-from rulebus.backends.sqlite_bus import SqliteBus
+from rulebus.backends.sqlite_bus import Partition, SqliteBus
 from rulebus.backends.sqlite_tables import SqliteTableStore
 from rulebus.events import Event
 
@@ -87,7 +87,9 @@ def test_concurrent_appends_get_distinct_positions_and_repeats_are_duplicates(
     async def main() -> None:
         bus = SqliteBus(tmp_path / "bus.sqlite3")
         await bus.open()
+        await bus.start([])
         (old,) = await bus.append([Event("old", "t/a", 1, {"n": 0})])
+        assert [e.id for e in await bus.read(10)] == ["old"]
 
         async def one(n: int) -> list[Appended]:
             ids = [f"e{n}-{i}" for i in range(5)] + ["old", f"e{n}-0", "shared"]
@@ -104,7 +106,7 @@ def test_concurrent_appends_get_distinct_positions_and_repeats_are_duplicates(
             assert r[6] == Appended(r[0].id, r[0].seq, duplicate=True)
             assert r[7].seq == by_id["shared"]
         # What the log holds at each position is what was appended there.
-        stored = await bus.read(old.seq, 1000)
+        stored = await bus.read(1000)
         assert {e.id: e.seq for e in stored} == by_id
         await bus.close()
 
@@ -134,7 +136,8 @@ def test_two_processes_appending_to_one_bus_lose_nothing(tmp_path: Path) -> None
     async def count() -> list[Event]:
         bus = SqliteBus(path)
         await bus.open()
-        events = await bus.read(0, 5000)
+        await bus.start([])
+        events = await bus.read(5000)
         await bus.close()
         return events
 
@@ -155,20 +158,21 @@ def test_partitions_share_the_log_and_resume_safely_when_their_number_changes(
         for bus in halves:
             await bus.open()
         await halves[0].append([Event(f"e{i}", "t", 1, {}) for i in range(10)])
-        assert [await bus.start_dispatch() for bus in halves] == [0, 0]
-        read = [await bus.read(0, 100) for bus in halves]
+        for bus in halves:
+            await bus.start([])
+        read = [await bus.read(100) for bus in halves]
         assert [e.seq for e in read[0]] == [2, 4, 6, 8, 10]
         assert [e.seq for e in read[1]] == [1, 3, 5, 7, 9]
-        await halves[0].commit_dispatch(10, [])  # all of partition 0
-        await halves[1].commit_dispatch(5, [])  # partition 1 up to 5: 7 and 9 are not done
-        assert await halves[0].load_dispatched() == 6
+        await halves[0].commit(read[0], [])  # all of partition 0
+        await halves[1].commit(read[1][:3], [])  # partition 1 up to 5: 7 and 9 are not done
+        assert (await halves[0].stats()).dispatched == 6
         for bus in halves:
             await bus.close()
 
         whole = SqliteBus(path)
         await whole.open()
-        assert await whole.start_dispatch() == 6
-        assert [e.seq for e in await whole.read(6, 100)] == [7, 8, 9, 10]
+        await whole.start([])
+        assert [e.seq for e in await whole.read(100)] == [7, 8, 9, 10]
         await whole.close()
 
     asyncio.run(main())
@@ -196,8 +200,8 @@ def test_a_log_from_before_partitions_resumes_where_it_stopped(tmp_path: Path) -
     async def main() -> None:
         bus = SqliteBus(path)
         await bus.open()
-        assert await bus.start_dispatch() == 5
-        assert [e.id for e in await bus.read(5, 100)] == ["e5", "e6"]
+        await bus.start([])
+        assert [e.id for e in await bus.read(100)] == ["e5", "e6"]
         await bus.close()
 
     asyncio.run(main())

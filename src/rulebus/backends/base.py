@@ -3,42 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rulebus.errors import BadInput
 from rulebus.events import Event
-
-
-@dataclass(frozen=True, slots=True)
-class Partition:
-    """The share of the log one engine process dispatches: positions ``index`` mod ``count``.
-
-    Events are spread over engine processes by position, so the processes
-    share the work evenly whatever the rules are, and each owns the
-    deliveries (and their retries) of the events it dispatches.
-    """
-
-    index: int = 0
-    count: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.index < self.count:
-            raise ValueError(f"partition {self.index} of {self.count} does not exist")
-
-    def owns(self, seq: int) -> bool:
-        return seq % self.count == self.index
-
-    def first_after(self, seq: int) -> int:
-        """The first position of this partition after ``seq``."""
-        return seq + 1 + (self.index - seq - 1) % self.count
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-WHOLE_LOG = Partition()
 
 
 @dataclass(slots=True)
@@ -69,9 +39,13 @@ class Failure:
 
 @dataclass(slots=True)
 class Retry:
-    """A (event, rule) delivery that failed and waits to be tried again."""
+    """A (event, rule) delivery that failed and waits to be tried again.
 
-    seq: int
+    ``actions`` are the indices of the rule's actions that failed: a retry
+    runs only those again.
+    """
+
+    event: Event
     rule: str
     attempts: int
     due_at: float
@@ -84,7 +58,6 @@ class DeadLetter:
     """A delivery that exhausted its retries: kept until someone redrives it."""
 
     id: int
-    seq: int
     rule: str
     event: Event
     attempts: int
@@ -92,72 +65,100 @@ class DeadLetter:
     failures: list[dict[str, Any]]
 
 
-class Bus(Protocol):
-    """A durable, ordered log of events plus the delivery state of each rule."""
+@dataclass(slots=True)
+class BusStats:
+    """What a bus can tell about its backlog.
+
+    ``head`` is the position of the last event appended and ``dispatched``
+    the one up to which every event has been dispatched to its rules.
+    """
+
+    head: int
+    dispatched: int
+    retrying: int
+    dead_letters: int
+
+
+# An event's partition key, or None where it has none (see rulebus.engine.keys).
+Keyer = Callable[[Event], "str | None"]
+
+
+class EventLog(Protocol):
+    """A durable log of events: what ingest and publishing actions write to."""
 
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
     async def append(self, events: Sequence[Event]) -> list[Appended]:
-        """Append events durably; returns only after they are committed."""
-        ...
+        """Append events durably; returns only after the backend has them on disk.
 
-    async def read(self, after_seq: int, limit: int) -> list[Event]:
-        """This bus's partition's events with a position after ``after_seq``, in order."""
-        ...
-
-    async def wait_for_events(self, after_seq: int, timeout: float) -> None:
-        """Return when an event after ``after_seq`` may exist, or after ``timeout``."""
-        ...
-
-    async def start_dispatch(self) -> int:
-        """Where this bus's partition resumes dispatching.
-
-        When the number of partitions changed since the last run, every
-        partition resumes where the one furthest behind stopped.
+        An id already in the log comes back as a duplicate and is not appended again.
         """
         ...
 
-    async def load_dispatched(self) -> int:
-        """The position up to which every event has been dispatched to its rules."""
+    async def stats(self) -> BusStats: ...
+
+
+class Consumer(Protocol):
+    """One engine process's share of the log, read in order and acknowledged in order.
+
+    Positions (``Event.seq``) are the backend's: they grow along the log but
+    need not be dense, and which events a process gets is the backend's
+    business (a fixed partition, or slots leased among live workers). Events
+    with the same partition key always come to the same process, in order.
+    """
+
+    async def start(self, rules: Iterable[str]) -> dict[str, int]:
+        """Claim a share of the log; returns, per rule, the position after which it applies.
+
+        A rule seen for the first time applies to what arrives from then on.
+        """
         ...
 
-    async def rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
-        """The position after which each rule applies; new rules start at the head."""
+    async def read(self, limit: int) -> list[Event]:
+        """Up to ``limit`` events of this share after those already read, oldest first."""
         ...
 
-    async def commit_dispatch(self, seq: int, retries: Sequence[Retry]) -> None:
-        """Atomically record failed deliveries and advance the partition's position."""
+    async def wait(self, timeout: float) -> None:
+        """Return when ``read`` may have more, or after ``timeout``."""
         ...
 
-    async def due_retries(self, now: float, limit: int) -> list[Retry]:
-        """Retries of this bus's partition that are due."""
+    async def commit(self, events: Sequence[Event], retries: Sequence[Retry]) -> None:
+        """Acknowledge every event read up to these and keep the failed deliveries.
+
+        After a crash, reading resumes after the last committed events; the
+        retries are durable before the acknowledgement is.
+        """
         ...
 
-    async def update_retry(self, retry: Retry) -> None: ...
 
-    async def delete_retry(self, seq: int, rule: str) -> None: ...
+class DeliveryStore(Protocol):
+    """Failed deliveries: the retries of this process's share, and the dead letters."""
+
+    async def due(self, now: float, limit: int) -> list[Retry]:
+        """Retries of this process's share that are due by ``now``."""
+        ...
+
+    async def reschedule(self, retry: Retry) -> None: ...
+
+    async def done(self, retry: Retry) -> None:
+        """Forget a retry that succeeded (or no longer applies)."""
+        ...
 
     async def dead_letter(self, retry: Retry) -> None:
-        """Move a retry that gave up to the dead-letter store."""
+        """Move a retry that gave up to the dead letters."""
         ...
-
-    async def get(self, seq: int) -> Event | None: ...
-
-    async def head(self) -> int:
-        """The position of the last event appended."""
-        ...
-
-    async def count_retries(self) -> int: ...
-
-    async def count_dead_letters(self) -> int: ...
 
     async def dead_letters(self) -> list[DeadLetter]: ...
 
     async def redrive(self, ids: Sequence[int] | None) -> int:
         """Put dead letters (``None``: all of them) back to be retried now."""
         ...
+
+
+class Bus(EventLog, Consumer, DeliveryStore, Protocol):
+    """The three faces of one backend. A process that only publishes uses the log alone."""
 
 
 class TableStore(Protocol):

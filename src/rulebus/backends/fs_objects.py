@@ -288,6 +288,6 @@ class FileObjectStore:
                     yield key
 
 
-def from_url(url: str, data_dir: Path) -> FileObjectStore:
+def from_url(url: str, data_dir: Path, **options: object) -> FileObjectStore:
     """``file``: one folder per bucket under ``data_dir/buckets``."""
     return FileObjectStore(data_dir / "buckets")

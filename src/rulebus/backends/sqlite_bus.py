@@ -1,8 +1,9 @@
 """The embedded bus: an SQLite log in WAL mode, with delivery state per rule.
 
 Positions (``seq``) are the log's integer primary key. Engine processes
-split the log by position (see :class:`~rulebus.backends.base.Partition`);
-each partition has its dispatch position in ``dispatch_parts``. A rule's
+split the log into fixed partitions (see :class:`Partition`): an event with a
+partition key goes to the partition of its key's hash, any other by its
+position. Each partition has its dispatch position in ``dispatch_parts``. A rule's
 delivery state is its partition's position, the position from which the
 rule applies, and its rows in ``retries``. A delivery that exhausts its
 retries moves to ``dead_letters``.
@@ -16,13 +17,15 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from rulebus import codec
-from rulebus.backends.base import WHOLE_LOG, Appended, DeadLetter, Failure, Partition, Retry
+from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer, Retry
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect
+from rulebus.engine.keys import key_hash
 from rulebus.events import Event
 
 SCHEMA = """
@@ -34,7 +37,8 @@ CREATE TABLE IF NOT EXISTS events (
     payload BLOB NOT NULL,
     client_id TEXT,
     principal TEXT,
-    hops INTEGER NOT NULL DEFAULT 0
+    hops INTEGER NOT NULL DEFAULT 0,
+    key_hash INTEGER
 );
 CREATE TABLE IF NOT EXISTS dispatch_parts (
     part INTEGER PRIMARY KEY,
@@ -66,6 +70,39 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 _COLUMNS = "seq, id, topic, ts, payload, client_id, principal, hops"
+# The partition that owns an event: its key's, or else its position's.
+_OWNER = "coalesce(key_hash, seq) % ? = ?"
+
+
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """The share of the log one engine process of ``rulebus up`` dispatches.
+
+    Events without a partition key are spread by position, so the processes
+    share the work evenly whatever the rules are; events with a key go by
+    the key's hash, so one process sees all of a key's events, in order.
+    Each process owns the deliveries (and their retries) of its events.
+    """
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"partition {self.index} of {self.count} does not exist")
+
+    def owns(self, seq: int, hashed: int | None) -> bool:
+        return (seq if hashed is None else hashed) % self.count == self.index
+
+    def first_after(self, seq: int) -> int:
+        """The first position after ``seq`` that this partition owns by position."""
+        return seq + 1 + (self.index - seq - 1) % self.count
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+WHOLE_LOG = Partition()
 
 # Events appended by this process are kept decoded for the dispatcher, so the
 # hot path never decodes a payload twice. Bounded, and only for events the
@@ -74,8 +111,8 @@ _COLUMNS = "seq, id, topic, ts, payload, client_id, principal, hops"
 TAIL_CACHE_LIMIT = 4096
 
 
-_Row = tuple[str, str, int, bytes, str | None, str | None, int]
-_INSERT_CHUNK = 128  # rows per INSERT statement: 896 parameters
+_Row = tuple[str, str, int, bytes, str | None, str | None, int, int | None]
+_INSERT_CHUNK = 112  # rows per INSERT statement: 896 parameters
 
 
 def _insert(conn: sqlite3.Connection, rows: list[_Row]) -> list[Appended]:
@@ -114,9 +151,10 @@ def _head(conn: sqlite3.Connection) -> int:
 
 @lru_cache(maxsize=_INSERT_CHUNK)
 def _insert_sql(n: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * n)
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n)
     return (
-        "INSERT OR IGNORE INTO events (id, topic, ts, payload, client_id, principal, hops)"
+        "INSERT OR IGNORE INTO events"
+        " (id, topic, ts, payload, client_id, principal, hops, key_hash)"
         f" VALUES {values}"
     )
 
@@ -133,7 +171,7 @@ def _dispatched_through(conn: sqlite3.Connection) -> int:
     through = _head(conn)
     for part, parts, seq in positions:
         pending = conn.execute(
-            "SELECT seq FROM events WHERE seq > ? AND seq % ? = ? ORDER BY seq LIMIT 1",
+            f"SELECT seq FROM events WHERE seq > ? AND {_OWNER} ORDER BY seq LIMIT 1",
             (seq, parts, part),
         ).fetchone()
         if pending is not None:
@@ -142,9 +180,13 @@ def _dispatched_through(conn: sqlite3.Connection) -> int:
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
-    """Carry the single dispatch position of logs written before partitions over."""
+    """Bring logs written by earlier versions up to date."""
     conn.execute("BEGIN IMMEDIATE")
     try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        if "key_hash" not in columns:
+            conn.execute("ALTER TABLE events ADD COLUMN key_hash INTEGER")
+        # The single dispatch position of logs written before partitions.
         old = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dispatch'"
         ).fetchone()
@@ -184,7 +226,7 @@ def _failures_from(data: bytes | str) -> list[Failure]:
 
 
 class SqliteBus:
-    """The :class:`~rulebus.backends.base.Bus` on one SQLite file."""
+    """The embedded :class:`~rulebus.backends.base.Bus` on one SQLite file."""
 
     def __init__(
         self,
@@ -192,12 +234,17 @@ class SqliteBus:
         *,
         dispatching: bool = True,
         partition: Partition = WHOLE_LOG,
+        keyer: Keyer | None = None,
         cache_kib: int = WRITER_CACHE_KIB,
     ) -> None:
         self.path = path
         self.partition = partition
-        # Only a process that dispatches reads its own appends back.
+        self._keyer = keyer
+        # Only a process that dispatches reads its own appends back, and only
+        # while positions alone tell which are its own.
         self._cache_limit = TAIL_CACHE_LIMIT if dispatching else 0
+        if keyer is not None and partition.count > 1:
+            self._cache_limit = 0
         self._writer = GroupCommitWriter(path, name="bus-writer", cache_kib=cache_kib)
         self._reader: sqlite3.Connection | None = None
         self._tail: dict[int, Event] = {}
@@ -228,10 +275,28 @@ class SqliteBus:
         assert self._reader is not None, "bus is not open"
         return self._reader
 
+    # -- the log -------------------------------------------------------------
+
     async def append(self, events: Sequence[Event]) -> list[Appended]:
+        keyer = self._keyer
+        hashes: list[int | None] = [None] * len(events)
+        if keyer is not None:
+            for i, e in enumerate(events):
+                key = keyer(e)
+                if key is not None:
+                    hashes[i] = key_hash(key)
         rows = [
-            (e.id, e.topic, e.ts, e.raw or codec.dumps(e.payload), e.client_id, e.principal, e.hops)
-            for e in events
+            (
+                e.id,
+                e.topic,
+                e.ts,
+                e.raw or codec.dumps(e.payload),
+                e.client_id,
+                e.principal,
+                e.hops,
+                hashed,
+            )
+            for e, hashed in zip(events, hashes, strict=True)
         ]
         waiter: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
         with self._pending_lock:
@@ -243,12 +308,12 @@ class SqliteBus:
             flush.add_done_callback(self._flushes.discard)
         results = await waiter
         if len(self._tail) < self._cache_limit:
-            for event, result in zip(events, results, strict=True):
+            for event, result, hashed in zip(events, results, hashes, strict=True):
                 # The dispatcher may have read it from the log already.
                 if (
                     not result.duplicate
                     and 0 < result.seq - self._read_to <= TAIL_CACHE_LIMIT
-                    and self.partition.owns(result.seq)
+                    and self.partition.owns(result.seq, hashed)
                 ):
                     event.seq = result.seq
                     self._tail[result.seq] = event
@@ -284,11 +349,33 @@ class SqliteBus:
                 waiter.set_result(results[start : start + len(rows)])
             start += len(rows)
 
-    async def read(self, after_seq: int, limit: int) -> list[Event]:
+    async def get(self, seq: int) -> Event | None:
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else _row_event(row)
+
+    async def head(self) -> int:
+        return _head(self._db)
+
+    async def stats(self) -> BusStats:
+        db = self._db
+        (retrying,) = db.execute("SELECT count(*) FROM retries").fetchone()
+        (dead,) = db.execute("SELECT count(*) FROM dead_letters").fetchone()
+        return BusStats(_head(db), _dispatched_through(db), int(retrying), int(dead))
+
+    # -- this partition's share ----------------------------------------------
+
+    async def start(self, rules: Iterable[str]) -> dict[str, int]:
+        starts = await self._rule_starts(rules)
+        self._read_to = await self._start_dispatch()
+        return starts
+
+    async def read(self, limit: int) -> list[Event]:
         tail = self._tail
         part = self.partition
         out: list[Event] = []
-        seq = part.first_after(after_seq)
+        # The cached tail follows on from what was read when positions alone
+        # say which events are ours (the appender keeps no keyed events here).
+        seq = part.first_after(self._read_to)
         while len(out) < limit:
             event = tail.pop(seq, None)
             if event is None:
@@ -299,8 +386,8 @@ class SqliteBus:
             self._read_to = max(self._read_to, out[-1].seq)
             return out
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE seq > ? AND seq % ? = ? ORDER BY seq LIMIT ?",
-            (after_seq, part.count, part.index, limit),
+            f"SELECT {_COLUMNS} FROM events WHERE seq > ? AND {_OWNER} ORDER BY seq LIMIT ?",
+            (self._read_to, part.count, part.index, limit),
         ).fetchall()
         for row in rows:
             tail.pop(row[0], None)
@@ -308,8 +395,8 @@ class SqliteBus:
             self._read_to = max(self._read_to, rows[-1][0])
         return [_row_event(row) for row in rows]
 
-    async def wait_for_events(self, after_seq: int, timeout: float) -> None:
-        if self.partition.first_after(after_seq) in self._tail:
+    async def wait(self, timeout: float) -> None:
+        if self._tail:
             return
         self._appended.clear()
         # Other processes (``rulebus publish``) append too: the timeout makes
@@ -317,14 +404,12 @@ class SqliteBus:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._appended.wait(), timeout)
 
-    async def get(self, seq: int) -> Event | None:
-        row = self._db.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", (seq,)).fetchone()
-        return None if row is None else _row_event(row)
+    async def _start_dispatch(self) -> int:
+        """Where this partition resumes dispatching.
 
-    async def head(self) -> int:
-        return _head(self._db)
-
-    async def start_dispatch(self) -> int:
+        When the number of partitions changed since the last run, every
+        partition resumes where the one furthest behind stopped.
+        """
         part = self.partition
 
         def work(conn: sqlite3.Connection) -> int:
@@ -345,10 +430,7 @@ class SqliteBus:
 
         return await self._writer.submit(work)
 
-    async def load_dispatched(self) -> int:
-        return _dispatched_through(self._db)
-
-    async def rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
+    async def _rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
         names = list(rules)
 
         def work(conn: sqlite3.Connection) -> dict[str, int]:
@@ -364,10 +446,11 @@ class SqliteBus:
 
         return await self._writer.submit(work)
 
-    async def commit_dispatch(self, seq: int, retries: Sequence[Retry]) -> None:
+    async def commit(self, events: Sequence[Event], retries: Sequence[Retry]) -> None:
+        seq = max(e.seq for e in events)
         rows = [
             (
-                r.seq,
+                r.event.seq,
                 r.rule,
                 r.attempts,
                 r.due_at,
@@ -388,24 +471,36 @@ class SqliteBus:
 
         await self._writer.submit(work)
 
-    async def due_retries(self, now: float, limit: int) -> list[Retry]:
+    # -- failed deliveries ---------------------------------------------------
+
+    async def due(self, now: float, limit: int) -> list[Retry]:
+        columns = ", ".join("e." + c.strip() for c in _COLUMNS.split(","))
         rows = self._db.execute(
-            "SELECT seq, rule, attempts, due_at, actions, failures FROM retries"
-            " WHERE due_at <= ? AND seq % ? = ? ORDER BY due_at LIMIT ?",
+            f"SELECT r.rule, r.attempts, r.due_at, r.actions, r.failures, {columns}"
+            " FROM retries r JOIN events e ON e.seq = r.seq"
+            " WHERE r.due_at <= ? AND coalesce(e.key_hash, e.seq) % ? = ?"
+            " ORDER BY r.due_at LIMIT ?",
             (now, self.partition.count, self.partition.index, limit),
         ).fetchall()
         return [
-            Retry(seq, rule, attempts, due_at, codec.loads(actions), _failures_from(failures))
-            for seq, rule, attempts, due_at, actions, failures in rows
+            Retry(
+                _row_event(row[5:]),
+                row[0],
+                row[1],
+                row[2],
+                codec.loads(row[3]),
+                _failures_from(row[4]),
+            )
+            for row in rows
         ]
 
-    async def update_retry(self, retry: Retry) -> None:
+    async def reschedule(self, retry: Retry) -> None:
         row = (
             retry.attempts,
             retry.due_at,
             codec.dumps(retry.actions),
             _failures_json(retry.failures),
-            retry.seq,
+            retry.event.seq,
             retry.rule,
         )
         await self._writer.submit(
@@ -416,34 +511,35 @@ class SqliteBus:
             )
         )
 
-    async def delete_retry(self, seq: int, rule: str) -> None:
+    async def done(self, retry: Retry) -> None:
+        key = (retry.event.seq, retry.rule)
         await self._writer.submit(
-            lambda conn: conn.execute("DELETE FROM retries WHERE seq = ? AND rule = ?", (seq, rule))
+            lambda conn: conn.execute("DELETE FROM retries WHERE seq = ? AND rule = ?", key)
         )
 
     async def dead_letter(self, retry: Retry) -> None:
         failures = codec.dumps([f.as_dict() for f in retry.failures])
+        seq = retry.event.seq
 
         def work(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM retries WHERE seq = ? AND rule = ?", (retry.seq, retry.rule))
+            conn.execute("DELETE FROM retries WHERE seq = ? AND rule = ?", (seq, retry.rule))
             conn.execute(
                 "INSERT INTO dead_letters (seq, rule, attempts, failed_at, failures)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (retry.seq, retry.rule, retry.attempts, time.time(), failures),
+                (seq, retry.rule, retry.attempts, time.time(), failures),
             )
 
         await self._writer.submit(work)
 
     async def dead_letters(self) -> list[DeadLetter]:
+        columns = ", ".join("e." + c.strip() for c in _COLUMNS.split(","))
         rows = self._db.execute(
-            f"SELECT d.id, d.rule, d.attempts, d.failed_at, d.failures, "
-            f"{', '.join('e.' + c.strip() for c in _COLUMNS.split(','))}"
+            f"SELECT d.id, d.rule, d.attempts, d.failed_at, d.failures, {columns}"
             " FROM dead_letters d JOIN events e ON e.seq = d.seq ORDER BY d.id"
         ).fetchall()
         return [
             DeadLetter(
                 id=row[0],
-                seq=row[5],
                 rule=row[1],
                 event=_row_event(row[5:]),
                 attempts=row[2],
@@ -454,7 +550,6 @@ class SqliteBus:
         ]
 
     async def redrive(self, ids: Sequence[int] | None) -> int:
-        """Put dead letters back into the retry queue, due now; ``None`` means all."""
         now = time.time()
 
         def work(conn: sqlite3.Connection) -> int:
@@ -471,10 +566,28 @@ class SqliteBus:
 
         return await self._writer.submit(work)
 
-    async def count_retries(self) -> int:
-        (n,) = self._db.execute("SELECT count(*) FROM retries").fetchone()
-        return int(n)
 
-    async def count_dead_letters(self) -> int:
-        (n,) = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()
-        return int(n)
+WORKER_BUS_CACHE_KIB = 2_000
+
+
+def from_url(
+    url: str,
+    data_dir: Path,
+    *,
+    engine: bool = False,
+    partition: Partition | None = None,
+    keyer: Keyer | None = None,
+) -> SqliteBus:
+    """``sqlite``: the log in ``data_dir/bus.sqlite3``.
+
+    A worker of ``rulebus up`` writes to the log only what its functions
+    publish, so its writer keeps a smaller page cache: each process's cache
+    is memory of its own.
+    """
+    return SqliteBus(
+        data_dir / "bus.sqlite3",
+        dispatching=engine,
+        partition=partition or WHOLE_LOG,
+        keyer=keyer,
+        cache_kib=WORKER_BUS_CACHE_KIB if partition is not None else WRITER_CACHE_KIB,
+    )

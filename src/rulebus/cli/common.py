@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
+from rulebus.backends.registry import is_embedded
 from rulebus.errors import BadInput, RulebusError, SqlError, TemplateError
+from rulebus.runtime import Backends
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_DATA_DIR = "rulebus-data"
 
@@ -22,6 +25,39 @@ data_dir_option = click.option(
     show_default=f"$RULEBUS_DATA_DIR or ./{DEFAULT_DATA_DIR}",
     help="Where the bus, tables and buckets live.",
 )
+
+
+def _backend(kind: str, env: str, default: str, what: str) -> Callable[[F], F]:
+    return click.option(
+        f"--{kind}",
+        "backend_" + kind,
+        default=lambda: os.environ.get(env, default),
+        show_default=f"${env} or {default}",
+        metavar="URL",
+        help=what,
+    )
+
+
+def backends_option(command: F) -> F:
+    """``--bus``, ``--tables`` and ``--objects``, each also read from the environment."""
+    for option in reversed(
+        [
+            _backend("bus", "RULEBUS_BUS", "sqlite", "The event log: sqlite, or nats://host:port."),
+            _backend("tables", "RULEBUS_TABLES", "sqlite", "Tables: sqlite, or postgresql://..."),
+            _backend("objects", "RULEBUS_OBJECTS", "file", "Buckets: file, or s3://."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def backends(values: dict[str, Any]) -> Backends:
+    """The Backends that ``backends_option`` read, taken out of a command's arguments."""
+    return Backends(
+        bus=values.pop("backend_bus"),
+        tables=values.pop("backend_tables"),
+        objects=values.pop("backend_objects"),
+    )
 
 
 def exit_code(exc: RulebusError) -> int:
@@ -66,9 +102,6 @@ class Group(click.Group):
             # The reader went away (``| head``): stop quietly, like other tools.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
-        except sqlite3.Error as exc:
-            click.echo(f"error: database: {exc}", err=True)
-            sys.exit(1)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:
@@ -82,7 +115,11 @@ class Group(click.Group):
             sys.exit(1)
 
 
-def require_data_dir(data_dir: Path) -> Path:
-    if not data_dir.is_dir():
+def require_data_dir(data_dir: Path, chosen: Backends | None = None) -> Path:
+    """The data directory, which must exist where an embedded backend keeps data in it."""
+    embedded = chosen is None or any(
+        is_embedded(url) for url in (chosen.bus, chosen.tables, chosen.objects)
+    )
+    if embedded and not data_dir.is_dir():
         raise RulebusError(f"no data directory at {data_dir} (use --data-dir)")
     return data_dir

@@ -12,20 +12,24 @@ import click
 
 from rulebus import codec
 from rulebus.api.ingest import decode, now_ms, topic_event
-from rulebus.cli.common import data_dir_option, require_data_dir
-from rulebus.runtime import stores
+from rulebus.cli.common import backends, backends_option, data_dir_option, require_data_dir
+from rulebus.runtime import Backends, stores
+from rulebus.template import load_app
 
 T = TypeVar("T")
 
 
-def _with_stores(data_dir: Path, work: Callable[..., Awaitable[T]]) -> T:
-    require_data_dir(data_dir)
+def _with_stores(
+    data_dir: Path, chosen: Backends, work: Callable[..., Awaitable[T]], app: Path | None = None
+) -> T:
+    require_data_dir(data_dir, chosen)
 
     async def main() -> T:
-        opened = stores(data_dir)
-        for store in opened:
-            await store.open()
+        opened: list[Any] = []
         try:
+            for store in stores(data_dir, chosen, app=load_app(app) if app else None):
+                await store.open()
+                opened.append(store)
             return await work(*opened)
         finally:
             for store in reversed(opened):
@@ -37,8 +41,15 @@ def _with_stores(data_dir: Path, work: Callable[..., Awaitable[T]]) -> T:
 @click.command()
 @click.argument("topic")
 @click.argument("payload", metavar="JSON")
+@click.option(
+    "--app",
+    "app_dir",
+    type=click.Path(path_type=Path),
+    help="The app, so that the event gets the partition key its rules declare.",
+)
 @data_dir_option
-def publish(topic: str, payload: str, data_dir: Path) -> None:
+@backends_option
+def publish(topic: str, payload: str, app_dir: Path | None, data_dir: Path, **chosen: Any) -> None:
     """Publish one JSON event to TOPIC (a running app picks it up)."""
     # Arguments that are not UTF-8 arrive as surrogates; keep the bytes so the
     # JSON decoder reports them.
@@ -48,7 +59,7 @@ def publish(topic: str, payload: str, data_dir: Path) -> None:
     async def work(bus: Any, tables: Any, objects: Any) -> None:
         await bus.append([event])
 
-    _with_stores(data_dir, work)
+    _with_stores(data_dir, backends(chosen), work, app_dir)
     click.echo(codec.dumps_str({"id": event.id, "topic": event.topic}))
 
 
@@ -60,14 +71,15 @@ def table() -> None:
 @table.command("scan")
 @click.argument("name")
 @data_dir_option
-def table_scan(name: str, data_dir: Path) -> None:
+@backends_option
+def table_scan(name: str, data_dir: Path, **chosen: Any) -> None:
     """Print every item of table NAME as JSON lines."""
 
     async def work(bus: Any, tables: Any, objects: Any) -> None:
         async for item in tables.scan(name):
             sys.stdout.write(codec.dumps_str(item) + "\n")
 
-    _with_stores(data_dir, work)
+    _with_stores(data_dir, backends(chosen), work)
 
 
 @click.group()
@@ -79,27 +91,29 @@ def bucket() -> None:
 @click.argument("name")
 @click.option("--prefix", default="", help="Only keys that start with this.")
 @data_dir_option
-def bucket_ls(name: str, prefix: str, data_dir: Path) -> None:
+@backends_option
+def bucket_ls(name: str, prefix: str, data_dir: Path, **chosen: Any) -> None:
     """Print the keys in bucket NAME, one per line."""
 
     async def work(bus: Any, tables: Any, objects: Any) -> None:
         async for key in objects.list(name, prefix):
             sys.stdout.write(key + "\n")
 
-    _with_stores(data_dir, work)
+    _with_stores(data_dir, backends(chosen), work)
 
 
 @bucket.command("get")
 @click.argument("name")
 @click.argument("key")
 @data_dir_option
-def bucket_get(name: str, key: str, data_dir: Path) -> None:
+@backends_option
+def bucket_get(name: str, key: str, data_dir: Path, **chosen: Any) -> None:
     """Print the object at KEY in bucket NAME."""
 
     async def work(bus: Any, tables: Any, objects: Any) -> bytes:
         return await objects.get(name, key)  # type: ignore[no-any-return]
 
-    body = _with_stores(data_dir, work)
+    body = _with_stores(data_dir, backends(chosen), work)
     sys.stdout.buffer.write(body if body.endswith(b"\n") else body + b"\n")
 
 
@@ -110,7 +124,8 @@ def dlq() -> None:
 
 @dlq.command("ls")
 @data_dir_option
-def dlq_ls(data_dir: Path) -> None:
+@backends_option
+def dlq_ls(data_dir: Path, **chosen: Any) -> None:
     """Print dead letters as JSON lines."""
 
     async def work(bus: Any, tables: Any, objects: Any) -> None:
@@ -131,14 +146,15 @@ def dlq_ls(data_dir: Path) -> None:
                 + "\n"
             )
 
-    _with_stores(data_dir, work)
+    _with_stores(data_dir, backends(chosen), work)
 
 
 @dlq.command("redrive")
 @click.argument("ids", nargs=-1, type=int)
 @click.option("--all", "everything", is_flag=True, help="Redrive every dead letter.")
 @data_dir_option
-def dlq_redrive(ids: tuple[int, ...], everything: bool, data_dir: Path) -> None:
+@backends_option
+def dlq_redrive(ids: tuple[int, ...], everything: bool, data_dir: Path, **chosen: Any) -> None:
     """Send dead letters back to be retried by the running app."""
     if not ids and not everything:
         raise click.UsageError("give dead-letter ids, or --all")
@@ -146,5 +162,5 @@ def dlq_redrive(ids: tuple[int, ...], everything: bool, data_dir: Path) -> None:
     async def work(bus: Any, tables: Any, objects: Any) -> int:
         return await bus.redrive(None if everything else list(ids))  # type: ignore[no-any-return]
 
-    count = _with_stores(data_dir, work)
+    count = _with_stores(data_dir, backends(chosen), work)
     click.echo(f"redriven: {count}")

@@ -4,9 +4,13 @@ The dispatcher reads the log in batches. For each event it asks the router
 for the rules whose filter matches and evaluates each rule's compiled SQL;
 each action then gets all of the batch's deliveries at once. Several batches
 are delivered at a time. The recorder makes their outcome durable in log
-order: failed deliveries go to the bus's retry queue in the same transaction
-that moves the dispatch position past them, so a crash at any point
-re-delivers (at least once) and never forgets.
+order: failed deliveries are stored for a retry before the bus acknowledges
+the events, so a crash at any point re-delivers (at least once) and never
+forgets.
+
+Deliveries of a rule with a partition key run one at a time per key, in log
+order, each retried in place until it succeeds or is dead-lettered, as a
+Kinesis shard is: the bus brings all of a key's events to one process.
 """
 
 from __future__ import annotations
@@ -72,7 +76,6 @@ class Engine:
         self.router: Router[RuleSpec] = Router(
             (rule.compiled.topic_filter.levels, rule) for rule in self.rules.values()
         )
-        self.dispatched = 0
         self._starts: dict[str, int] = {}
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -80,10 +83,10 @@ class Engine:
         self._delivered = asyncio.Event()  # a batch finished delivering
         self._progress = asyncio.Event()  # the recorder freed room in the window
         self._dispatched_more = asyncio.Event()  # the dispatcher added a batch
+        self._key_tails: dict[tuple[str, str], asyncio.Future[None]] = {}  # last per key
 
     async def start(self) -> None:
-        self._starts = await self.bus.rule_starts(self.rules)
-        self.dispatched = await self.bus.start_dispatch()
+        self._starts = await self.bus.start(self.rules)
         self._tasks = [
             asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
             asyncio.create_task(self._retry_loop(), name="retrier"),
@@ -103,7 +106,6 @@ class Engine:
         # batch does not idle the rest. The recorder makes their outcome
         # durable in log order, so the dispatch position never passes an
         # unfinished batch; a full window is the back-pressure on reading.
-        read_to = self.dispatched
         idle = MIN_POLL
         recorder = asyncio.create_task(self._record_loop(), name="recorder")
         try:
@@ -112,13 +114,12 @@ class Engine:
                     self._progress.clear()
                     await self._wait(self._progress.wait())
                     continue
-                events = await self.bus.read(read_to, BATCH_SIZE)
+                events = await self.bus.read(BATCH_SIZE)
                 if events:
                     task = asyncio.create_task(self._deliver(events))
                     self._inflight.append((events, task))
                     self._dispatched_more.set()
                     task.add_done_callback(lambda _: self._delivered.set())
-                    read_to = events[-1].seq
                     idle = MIN_POLL
                     if len(events) < BATCH_SIZE:
                         await self._wait(asyncio.sleep(LINGER))
@@ -127,7 +128,7 @@ class Engine:
                 # of other processes (an API process, ``rulebus publish``) are
                 # found by polling, quickly after recent traffic, then lazily.
                 idle = min(idle * 2, IDLE_POLL)
-                await self._wait(self.bus.wait_for_events(read_to, idle))
+                await self._wait(self.bus.wait(idle))
         finally:
             self._delivered.set()
             await recorder
@@ -167,8 +168,8 @@ class Engine:
                 # deliver it again after a pause (actions are idempotent).
                 events, task = inflight[0]
                 log.error(
-                    "delivering events up to %d failed; delivering them again",
-                    events[-1].seq,
+                    "delivering events up to %s failed; delivering them again",
+                    events[-1].id,
                     exc_info=task.exception(),
                 )
                 await asyncio.sleep(1)
@@ -185,23 +186,25 @@ class Engine:
 
     async def _record(self, batches: list[list[Event]], retries: list[Retry]) -> None:
         """Make delivered batches' outcome durable and move the dispatch position past them."""
-        seq = batches[-1][-1].seq
+        events = batches[0] if len(batches) == 1 else [e for batch in batches for e in batch]
         while True:
             try:
                 await self.services.objects.flush()
-                await self.bus.commit_dispatch(seq, retries)
-                self.dispatched = seq
+                await self.bus.commit(events, retries)
                 return
             except Exception:
                 # Nothing was recorded; the deliveries' results are still in
                 # hand, so only recording is tried again.
-                log.exception("recording dispatch up to event %d failed; trying again", seq)
+                log.exception(
+                    "recording dispatch up to event %s failed; trying again", events[-1].id
+                )
                 await asyncio.sleep(1)
 
     async def _deliver(self, events: list[Event]) -> list[Retry]:
         """Evaluate and deliver a batch; returns the deliveries that need a retry."""
         groups: dict[str, tuple[RuleSpec, list[Delivery]]] = {}
         retries: list[Retry] = []
+        keyed: list[asyncio.Future[None]] = []
         now = time.time()
         starts = self._starts
         for event in events:
@@ -214,9 +217,15 @@ class Engine:
                     continue
                 output = evaluate(rule, event, ctx)
                 if isinstance(output, Failure):
-                    retries.append(Retry(event.seq, rule.name, 1, now, [], [output]))
+                    retries.append(Retry(event, rule.name, 1, now, [], [output]))
                     continue
-                if output is not NO_MATCH:
+                if output is not NO_MATCH and rule.partition_key is not None:
+                    keyed.append(
+                        self._in_key_order(
+                            rule, Delivery(event, rule.name, output, ctx, event.payload)
+                        )
+                    )
+                elif output is not NO_MATCH:
                     group = groups.get(rule.name)
                     if group is None:
                         group = groups[rule.name] = (rule, [])
@@ -230,20 +239,60 @@ class Engine:
                 jobs.append(run_many(action, deliveries, index, self.services))
                 owners.append((rule, index, deliveries))
         failed: dict[int, tuple[RuleSpec, Delivery, list[tuple[int, Failure]]]] = {}
-        for (rule, index, deliveries), errors in zip(
-            owners, await asyncio.gather(*jobs), strict=True
-        ):
+        results = await asyncio.gather(*jobs)
+        if keyed:
+            await asyncio.gather(*keyed)
+        for (rule, index, deliveries), errors in zip(owners, results, strict=True):
             for delivery, error in zip(deliveries, errors, strict=True):
                 if error is not None:
                     entry = failed.setdefault(id(delivery), (rule, delivery, []))
                     entry[2].append((index, self._failure(rule.actions[index], delivery, error)))
         for rule, delivery, failures in failed.values():
-            retries.append(self._retry(delivery.event.seq, rule, 1, failures, now))
+            retries.append(self._retry(delivery.event, rule, 1, failures, now))
         return retries
+
+    def _in_key_order(self, rule: RuleSpec, delivery: Delivery) -> asyncio.Future[None]:
+        """Run a keyed delivery after the previous one of its key has finished."""
+        assert rule.partition_key is not None
+        try:
+            key = rule.partition_key.render(delivery.input, delivery.ctx)
+        except Exception:
+            key = ""  # as the bus partitioned it: see rulebus.engine.keys
+        chain = (rule.name, key)
+        previous = self._key_tails.get(chain)
+        task = asyncio.ensure_future(self._deliver_in_place(rule, delivery, previous))
+        self._key_tails[chain] = task
+
+        def forget(done: asyncio.Future[None]) -> None:
+            if self._key_tails.get(chain) is done:
+                del self._key_tails[chain]
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _deliver_in_place(
+        self, rule: RuleSpec, delivery: Delivery, previous: asyncio.Future[None] | None
+    ) -> None:
+        """Deliver, retrying with backoff until done or dead-lettered, holding back the key."""
+        if previous is not None:
+            await asyncio.wait([previous])
+        indices: list[int] = list(range(len(rule.actions)))
+        attempts = 0
+        while True:
+            failed = await self._run(delivery, rule.actions, indices)
+            if not failed:
+                return
+            attempts += 1
+            retry = self._retry(delivery.event, rule, attempts, failed, time.time())
+            if attempts >= rule.retry.attempts or any(not f.retryable for f in retry.failures):
+                await self._give_up(retry, rule, delivery.event)
+                return
+            await asyncio.sleep(retry.due_at - time.time())
+            indices = retry.actions
 
     def _retry(
         self,
-        seq: int,
+        event: Event,
         rule: RuleSpec,
         attempts: int,
         failed: list[tuple[int, Failure]],
@@ -251,7 +300,7 @@ class Engine:
     ) -> Retry:
         final = attempts >= rule.retry.attempts or any(not f.retryable for _, f in failed)
         return Retry(
-            seq,
+            event,
             rule.name,
             attempts,
             # A delivery that will not be tried again goes to its error action now.
@@ -286,7 +335,7 @@ class Engine:
     async def _retry_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                due = await self.bus.due_retries(time.time(), 64)
+                due = await self.bus.due(time.time(), 64)
                 if due:
                     results = await asyncio.gather(
                         *(self._retry_one(r) for r in due), return_exceptions=True
@@ -294,8 +343,8 @@ class Engine:
                     for retry, result in zip(due, results, strict=True):
                         if isinstance(result, Exception):
                             log.error(
-                                "retrying event %d for rule %s failed",
-                                retry.seq,
+                                "retrying event %s for rule %s failed",
+                                retry.event.id,
                                 retry.rule,
                                 exc_info=result,
                             )
@@ -308,9 +357,9 @@ class Engine:
 
     async def _retry_one(self, retry: Retry) -> None:
         rule = self.rules.get(retry.rule)
-        event = await self.bus.get(retry.seq)
-        if rule is None or event is None:
-            missing = "rule is not enabled in this app" if rule is None else "event is gone"
+        event = retry.event
+        if rule is None:
+            missing = "rule is not enabled in this app"
             retry.failures.append(Failure("rule", retry.rule, missing, retryable=False))
             await self._give_up(retry, rule, event)
             return
@@ -325,7 +374,7 @@ class Engine:
             return
         if output is NO_MATCH:
             # Only after a redrive into a changed rule: it no longer fires.
-            await self.bus.delete_retry(retry.seq, retry.rule)
+            await self.bus.done(retry)
             return
         delivery = Delivery(event, rule.name, output, ctx, event.payload)
         # The app may have changed since the failure: retry what still exists.
@@ -333,18 +382,18 @@ class Engine:
         failed = await self._run(delivery, rule.actions, list(indices))
         await self.services.objects.flush()
         if not failed:
-            await self.bus.delete_retry(retry.seq, retry.rule)
+            await self.bus.done(retry)
             return
         attempts = retry.attempts + 1
-        updated = self._retry(retry.seq, rule, attempts, failed, time.time())
+        updated = self._retry(event, rule, attempts, failed, time.time())
         if attempts >= rule.retry.attempts or any(not f.retryable for f in updated.failures):
             await self._give_up(updated, rule, event)
         else:
-            await self.bus.update_retry(updated)
+            await self.bus.reschedule(updated)
 
-    async def _give_up(self, retry: Retry, rule: RuleSpec | None, event: Event | None) -> None:
+    async def _give_up(self, retry: Retry, rule: RuleSpec | None, event: Event) -> None:
         """Run the rule's error action, then keep the delivery as a dead letter."""
-        if rule is not None and event is not None and rule.error_action is not None:
+        if rule is not None and rule.error_action is not None:
             payload = error_payload(rule.name, event, retry)
             delivery = Delivery(event, rule.name, payload, context(event), payload)
             for _, f in await self._run(delivery, [rule.error_action], [0]):
@@ -352,8 +401,8 @@ class Engine:
                     Failure(f"error_action:{f.action}", f.resource, f.message, f.retryable)
                 )
         log.warning(
-            "dead-lettered event %d for rule %s: %s",
-            retry.seq,
+            "dead-lettered event %s for rule %s: %s",
+            event.id,
             retry.rule,
             "; ".join(f.message for f in retry.failures),
         )

@@ -102,3 +102,17 @@ def validate_topic(topic: str) -> str:
     if problem is not None:
         raise BadInput(f"invalid topic {topic!r}: {problem}")
     return topic
+
+
+def filters_overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether some topic matches both filters (given as their levels)."""
+    for x, y in zip(a, b, strict=False):
+        if x == "#" or y == "#":
+            return True
+        if x != y and "+" not in (x, y):
+            return False
+    if len(a) == len(b):
+        return True
+    # One is longer: only a trailing '#' on the longer one (matching the parent) overlaps.
+    longer = a if len(a) > len(b) else b
+    return len(longer) == min(len(a), len(b)) + 1 and longer[-1] == "#"

@@ -9,11 +9,12 @@ import urllib.parse
 from pathlib import Path
 
 from rulebus.actions import registry
-from rulebus.actions.base import Action, Declared
+from rulebus.actions.base import Action, Declared, template_option
 from rulebus.backends.base import validate_bucket
 from rulebus.errors import BadInput, RulebusError, SqlError, TemplateError
 from rulebus.functions import load_handler
 from rulebus.sql import DEFAULT_SQL_VERSION, SQL_VERSIONS, compile_rule, compile_template
+from rulebus.sql.topics import filters_overlap
 from rulebus.template.model import (
     App,
     FunctionSpec,
@@ -247,11 +248,30 @@ def _rules(opts: Options, declared: Declared, retry: RetrySpec) -> dict[str, Rul
             error_action = _action(spec, ("error_action",), spec.raw("error_action"), declared)
         enabled = spec.flag("enabled", True)
         rule_retry = _retry(spec.section("retry"), retry) if spec.has("retry") else retry
+        key = template_option(spec, "partition_key", required=False)
         spec.done()
         out[name] = RuleSpec(
-            name, sql, version, compiled, actions, error_action, enabled, rule_retry
+            name, sql, version, compiled, actions, error_action, enabled, rule_retry, key
         )
+    _check_partition_keys(opts, out)
     return out
+
+
+def _check_partition_keys(opts: Options, rules: dict[str, RuleSpec]) -> None:
+    """An event has one partition key: rules that can match one topic must agree on it."""
+    keyed = [r for r in rules.values() if r.partition_key is not None and r.enabled]
+    for i, rule in enumerate(keyed):
+        for other in keyed[:i]:
+            assert rule.partition_key is not None and other.partition_key is not None
+            if rule.partition_key.text != other.partition_key.text and filters_overlap(
+                rule.compiled.topic_filter.levels, other.compiled.topic_filter.levels
+            ):
+                opts.section(rule.name).fail(
+                    "partition_key",
+                    f"{rule.partition_key.text!r} differs from rule {other.name!r}'s"
+                    f" {other.partition_key.text!r}, and both rules can match the same topic;"
+                    " an event has one partition key",
+                )
 
 
 def _template_error(spec: Options, key: str, message: str, line: int | None) -> TemplateError:

@@ -60,6 +60,8 @@ class RuleSpec:
     error_action: Action | None
     enabled: bool
     retry: RetrySpec
+    # Deliveries with the same rendered key go to one engine process, in order.
+    partition_key: Template | None = None
 
 
 @dataclass(frozen=True)

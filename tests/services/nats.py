@@ -1,0 +1,1 @@
+"""Placeholder until the NATS test service lands."""
