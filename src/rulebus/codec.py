@@ -7,6 +7,8 @@ from typing import Any
 import orjson
 
 DecodeError = orjson.JSONDecodeError
+# Already-encoded JSON, embedded as it is in a document being encoded.
+Fragment = orjson.Fragment
 EncodeError = orjson.JSONEncodeError
 
 

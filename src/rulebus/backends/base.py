@@ -29,7 +29,17 @@ class Failure:
     message: str
     retryable: bool = True
 
+    def record(self) -> dict[str, Any]:
+        """What a bus keeps of it (``Failure(**record)`` makes it again)."""
+        return {
+            "action": self.action,
+            "resource": self.resource,
+            "message": self.message,
+            "retryable": self.retryable,
+        }
+
     def as_dict(self) -> dict[str, Any]:
+        """As AWS IoT's error action payload names it."""
         return {
             "failedAction": self.action,
             "failedResource": self.resource,

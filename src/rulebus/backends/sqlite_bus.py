@@ -208,17 +208,7 @@ def _row_event(row: tuple[Any, ...]) -> Event:
 
 
 def _failures_json(failures: Sequence[Failure]) -> bytes:
-    return codec.dumps(
-        [
-            {
-                "action": f.action,
-                "resource": f.resource,
-                "message": f.message,
-                "retryable": f.retryable,
-            }
-            for f in failures
-        ]
-    )
+    return codec.dumps([f.record() for f in failures])
 
 
 def _failures_from(data: bytes | str) -> list[Failure]:

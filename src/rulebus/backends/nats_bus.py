@@ -1,0 +1,765 @@
+"""The distributed bus on NATS JetStream.
+
+Layout, all named after the ``stream`` URL option (default ``RULEBUS``):
+
+- stream ``NAME``, subjects ``NAME.ev.<slot>``: the event log. Each event is
+  one message whose body holds the envelope (id, topic, time, client,
+  principal, hops) around the payload; ``Nats-Msg-Id`` is the event id, so
+  JetStream drops a repeated id within its duplicate window. An event's slot
+  is its partition key's hash (or else its id's) modulo ``slots``.
+- key-value bucket ``NAME_state``: ``slot.<n>`` holds the lease of slot n
+  (which engine process owns it, until when) and its cursor (the last
+  position dispatched); ``worker.<id>`` is each engine process's heartbeat;
+  ``rule.<hex>`` the position from which a rule applies.
+- key-value bucket ``NAME_retries``: ``<n>.<event>.<rule>`` (hex-encoded),
+  a failed delivery of an event in slot n, waiting for its next attempt.
+- stream ``NAME_DLQ``, subject ``NAME.dlq``: dead letters; a dead letter's
+  id is its stream sequence.
+
+Engine processes share the slots: each one claims about ``slots / live
+processes`` of them, renews its leases every second, and gives up slots
+beyond its share so that a new process gets some. A process that dies loses
+its leases after ``LEASE`` seconds and the others take its slots over,
+reading on from the committed cursors. A slot is read by one process at a
+time, in log order, through an ordered consumer; so events with one
+partition key are handled in order by one process. There is no JetStream
+consumer per rule: events are routed through the engine's topic trie.
+
+Retries are not JetStream redeliveries: a ``nak`` cannot say which of a
+rule's actions failed, and the retry state must survive the process. They
+are records in the key-value bucket, watched by every engine process, and
+run by the owner of the event's slot when due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from rulebus import codec
+from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer, Retry
+from rulebus.backends.registry import redact
+from rulebus.engine.keys import key_hash
+from rulebus.errors import RulebusError, Unavailable
+from rulebus.events import Event
+
+log = logging.getLogger("rulebus.nats")
+# nats-py warns on every key listing that servers before 2.10 ignore filters;
+# the tests and docs/deploy.md ask for 2.11 or newer.
+logging.getLogger("nats.js.kv").setLevel(logging.ERROR)
+
+LEASE = 6.0  # seconds a slot stays with a process that stopped renewing it
+RENEW = 1.0  # seconds between lease renewals (and heartbeats)
+QUEUE = 8192  # events read ahead of the engine, in all of a process's slots
+PUBLISH_TIMEOUT = 10.0  # seconds an append waits for JetStream's acknowledgement
+DEFAULT_SLOTS = 32
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a ``nats://`` URL says."""
+
+    servers: list[str]
+    stream: str
+    slots: int
+    replicas: int
+    duplicate_window: float
+    user: str | None
+    password: str | None
+    token: str | None
+    tls: ssl.SSLContext | None
+    url: str  # redacted, for messages
+
+
+_OPTIONS = {
+    "stream",
+    "slots",
+    "replicas",
+    "duplicate_window",
+    "token",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "creds",
+}
+
+
+def parse(url: str) -> Settings:
+    """Read a ``nats://[user:password@]host:port[,host:port…][?options]`` URL."""
+    shown = redact(url)
+    parts = urlsplit(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    unknown = sorted(set(query) - _OPTIONS)
+    if unknown:
+        known = ", ".join(sorted(_OPTIONS))
+        raise RulebusError(f"--bus {shown}: unknown option {unknown[0]!r} (known: {known})")
+    hosts = parts.netloc.rsplit("@", 1)[-1]
+    if not hosts:
+        raise RulebusError(f"--bus {shown}: no server given (nats://host:port)")
+    scheme = "tls" if parts.scheme == "tls" or "tls_ca" in query else "nats"
+    servers = [f"{scheme}://{host.strip()}" for host in hosts.split(",") if host.strip()]
+    stream = query.get("stream", "RULEBUS")
+    if not stream.replace("_", "").replace("-", "").isalnum() or len(stream) > 64:
+        raise RulebusError(f"--bus {shown}: stream name {stream!r}: use letters, digits, _ and -")
+    try:
+        slots = int(query.get("slots", DEFAULT_SLOTS))
+        replicas = int(query.get("replicas", 1))
+        window = float(query.get("duplicate_window", 120))
+    except ValueError as exc:
+        raise RulebusError(f"--bus {shown}: {exc}") from None
+    if not 1 <= slots <= 1024 or replicas not in (1, 3, 5) or window <= 0:
+        raise RulebusError(
+            f"--bus {shown}: slots must be 1-1024, replicas 1, 3 or 5, duplicate_window > 0"
+        )
+    tls = None
+    if scheme == "tls":
+        tls = ssl.create_default_context(cafile=query.get("tls_ca"))
+        if "tls_cert" in query:
+            tls.load_cert_chain(query["tls_cert"], query.get("tls_key"))
+    return Settings(
+        servers=servers,
+        stream=stream,
+        slots=slots,
+        replicas=replicas,
+        duplicate_window=window,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        token=query.get("token"),
+        tls=tls,
+        url=shown,
+    )
+
+
+def _envelope(event: Event) -> bytes:
+    raw = event.raw or codec.dumps(event.payload)
+    return codec.dumps(
+        {
+            "id": event.id,
+            "topic": event.topic,
+            "ts": event.ts,
+            "c": event.client_id,
+            "p": event.principal,
+            "h": event.hops,
+            "payload": codec.Fragment(raw),
+        }
+    )
+
+
+def _event(e: dict[str, Any], seq: int) -> Event:
+    return Event(e["id"], e["topic"], e["ts"], e["payload"], e["c"], e["p"], seq, hops=e["h"])
+
+
+def _hex(text: str) -> str:
+    return text.encode().hex()
+
+
+@dataclass
+class _Slot:
+    """A slot this process owns: its lease's revision, its reader, what it committed."""
+
+    number: int
+    revision: int
+    cursor: int
+    renewed: float  # monotonic time of the last successful write of the lease
+    reader: Any = None  # the ordered consumer's subscription
+    releasing: bool = False
+
+
+class NatsBus:
+    """The :class:`~rulebus.backends.base.Bus` on a NATS JetStream server or cluster."""
+
+    def __init__(self, settings: Settings, *, engine: bool, keyer: Keyer | None) -> None:
+        self.settings = settings
+        self._engine = engine
+        self._keyer = keyer
+        name = settings.stream
+        self._stream = name
+        self._subject = f"{name}.ev"
+        self._dlq_stream = f"{name}_DLQ"
+        self._dlq_subject = f"{name}.dlq"
+        self._me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._nc: Any = None
+        self._js: Any = None
+        self._kv: KeyValue | None = None
+        self._retry_kv: KeyValue | None = None
+        self._slots: dict[int, _Slot] = {}
+        self._slot_of: dict[int, int] = {}  # position -> slot, for events read not committed
+        self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue(QUEUE)
+        self._retries: dict[str, tuple[int, Retry]] = {}  # KV key -> (slot, retry)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watcher: Any = None
+        self._lease_lock = asyncio.Lock()
+        self._arrived = asyncio.Event()
+        self._closing = False
+
+    # -- connection ----------------------------------------------------------
+
+    async def open(self) -> None:
+        s = self.settings
+        try:
+            self._nc = await nats.connect(
+                s.servers,
+                user=s.user,
+                password=s.password,
+                token=s.token,
+                tls=s.tls,
+                name=f"rulebus {self._me}",
+                connect_timeout=3,
+                # Once connected, keep reconnecting for as long as it takes:
+                # appends wait (and time out) meanwhile rather than fail fast.
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnect,
+                reconnected_cb=self._on_reconnect,
+            )
+        except Exception as exc:
+            raise Unavailable("bus", s.url, _reason(exc)) from None
+        self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        try:
+            await self._ensure_streams()
+        except Exception as exc:
+            await self._nc.close()
+            raise Unavailable("bus", s.url, f"JetStream: {_reason(exc)}") from None
+
+    async def _ensure_streams(self) -> None:
+        s = self.settings
+        js = self._js
+        log_config = api.StreamConfig(
+            name=self._stream,
+            subjects=[f"{self._subject}.*"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            num_replicas=s.replicas,
+            duplicate_window=s.duplicate_window,
+        )
+        dlq_config = api.StreamConfig(
+            name=self._dlq_stream,
+            subjects=[self._dlq_subject],
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+        )
+        for config in (log_config, dlq_config):
+            try:
+                await js.stream_info(config.name)
+            except nats.js.errors.NotFoundError:
+                with contextlib.suppress(nats.js.errors.BadRequestError):
+                    await js.add_stream(config)  # another process may have made it meanwhile
+        buckets = []
+        for name in (f"{self._stream}_state", f"{self._stream}_retries"):
+            try:
+                buckets.append(await js.key_value(name))
+            except nats.js.errors.BucketNotFoundError:
+                buckets.append(
+                    await js.create_key_value(
+                        api.KeyValueConfig(
+                            bucket=name,
+                            history=1,
+                            storage=api.StorageType.FILE,
+                            replicas=s.replicas,
+                        )
+                    )
+                )
+        self._kv, self._retry_kv = buckets
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._nc is None:
+            return
+        self._closing = True
+        # Hand the slots over at once rather than after the lease runs out.
+        for slot in list(self._slots.values()):
+            await self._release(slot)
+        with contextlib.suppress(Exception):
+            if self._watcher is not None:
+                await self._watcher.stop()
+            await self._kv_delete(f"worker.{self._me}")
+        with contextlib.suppress(Exception):
+            await self._nc.close()
+        self._nc = None
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("NATS: %s", exc)
+
+    async def _on_disconnect(self) -> None:
+        if self._closing:
+            return
+        log.warning("lost the connection to NATS at %s; reconnecting", self.settings.url)
+
+    async def _on_reconnect(self) -> None:
+        log.warning("reconnected to NATS at %s", self.settings.url)
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "bus is not open"
+        return self._kv
+
+    # -- the log -------------------------------------------------------------
+
+    def _slot(self, event: Event) -> int:
+        key = self._keyer(event) if self._keyer is not None else None
+        return key_hash(event.id if key is None else key) % self.settings.slots
+
+    async def append(self, events: Sequence[Event]) -> list[Appended]:
+        js = self._js
+        published = [
+            js.publish(
+                f"{self._subject}.{self._slot(e)}",
+                _envelope(e),
+                timeout=PUBLISH_TIMEOUT,
+                headers={"Nats-Msg-Id": e.id},
+            )
+            for e in events
+        ]
+        try:
+            acks = await asyncio.gather(*published)
+        except Exception as exc:
+            raise Unavailable("bus", self.settings.url, _reason(exc)) from None
+        return [
+            Appended(e.id, ack.seq, duplicate=bool(ack.duplicate))
+            for e, ack in zip(events, acks, strict=True)
+        ]
+
+    async def stats(self) -> BusStats:
+        try:
+            info = await self._js.stream_info(self._stream)
+            head = int(info.state.last_seq)
+            dispatched = head
+            for number in range(self.settings.slots):
+                cursor = await self._cursor(number)
+                pending = await self._next_in_slot(number, cursor + 1)
+                if pending is not None:
+                    dispatched = min(dispatched, pending - 1)
+            retrying = len(await self._keys("", self.retry_kv))
+            dlq = await self._js.stream_info(self._dlq_stream)
+        except RulebusError:
+            raise
+        except Exception as exc:
+            raise Unavailable("bus", self.settings.url, _reason(exc)) from None
+        return BusStats(head, dispatched, retrying, int(dlq.state.messages))
+
+    async def _cursor(self, number: int) -> int:
+        try:
+            entry = await self.kv.get(f"slot.{number}")
+        except nats.js.errors.KeyNotFoundError:
+            return 0
+        return int(codec.loads(entry.value or b"{}").get("cursor", 0))
+
+    async def _next_in_slot(self, number: int, seq: int) -> int | None:
+        """The position of the slot's first event at or after ``seq``, if any."""
+        try:
+            msg = await self._js.get_msg(
+                self._stream, seq=seq, subject=f"{self._subject}.{number}", next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return int(msg.seq)
+
+    @property
+    def retry_kv(self) -> KeyValue:
+        assert self._retry_kv is not None, "bus is not open"
+        return self._retry_kv
+
+    async def _keys(self, prefix: str, kv: KeyValue | None = None) -> list[str]:
+        # Listing with a filter returned nothing here (nats-py 2.16, server
+        # 2.15); the state bucket is small, so filter the full listing.
+        try:
+            keys = await (kv or self.kv).keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        return [key for key in keys if key.startswith(prefix)]
+
+    async def _kv_delete(self, key: str, kv: KeyValue | None = None) -> None:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            await (kv or self.kv).delete(key)
+
+    # -- this process's share: leases on slots ------------------------------
+
+    async def start(self, rules: Iterable[str]) -> dict[str, int]:
+        starts = await self._rule_starts(rules)
+        self._watcher = await self.retry_kv.watch(">")
+        await self._load_retries()
+        await self._heartbeat()
+        await self._balance()
+        self._tasks = [
+            asyncio.create_task(self._lease_loop(), name="nats-leases"),
+            asyncio.create_task(self._watch_retries(), name="nats-retries"),
+        ]
+        return starts
+
+    async def _rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
+        info = await self._js.stream_info(self._stream)
+        # A rule seen for the first time applies to what arrives from now on,
+        # unless nothing was ever dispatched (a new deployment).
+        start = int(info.state.last_seq) if await self._keys("slot.") else 0
+        out = {}
+        for name in rules:
+            key = f"rule.{_hex(name)}"
+            with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+                await self.kv.create(key, str(start).encode())
+            entry = await self.kv.get(key)
+            out[name] = int(entry.value or b"0")
+        return out
+
+    async def _heartbeat(self) -> None:
+        await self.kv.put(f"worker.{self._me}", codec.dumps({"at": time.time()}))
+
+    async def _live_workers(self) -> int:
+        now = time.time()
+        live = 0
+        for key in await self._keys("worker."):
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                entry = await self.kv.get(key)
+                if codec.loads(entry.value or b"{}").get("at", 0) > now - LEASE:
+                    live += 1
+                elif key != f"worker.{self._me}":
+                    await self._kv_delete(key)  # a process that died: forget it
+        return max(live, 1)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW)
+            try:
+                await self._heartbeat()
+                await self._balance()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("renewing slot leases failed: %s", _reason(exc))
+            # A process that cannot renew must stop before its leases run out,
+            # or two processes would handle one key at once.
+            now = time.monotonic()
+            for slot in list(self._slots.values()):
+                if now - slot.renewed > LEASE - 2 * RENEW:
+                    log.warning("slot %d: lease not renewed in time; letting it go", slot.number)
+                    await self._drop(slot)
+
+    async def _balance(self) -> None:
+        """Renew our leases, give up slots beyond our share, claim free ones up to it."""
+        async with self._lease_lock:
+            share = math.ceil(self.settings.slots / await self._live_workers())
+            for slot in list(self._slots.values()):
+                if not await self._write_lease(slot, slot.cursor):
+                    log.warning("slot %d was taken over by another process", slot.number)
+                    await self._drop(slot)
+            # Slots beyond our share are handed over once what was read of
+            # them is committed, so two processes never hold one key's events.
+            keeping = [slot for slot in self._slots.values() if not slot.releasing]
+            for slot in sorted(keeping, key=lambda s: -s.number)[: max(len(keeping) - share, 0)]:
+                slot.releasing = True
+                await self._stop_reading(slot)
+            busy = set(self._slot_of.values())
+            for slot in list(self._slots.values()):
+                if slot.releasing and slot.number not in busy:
+                    await self._release(slot)
+            if len(self._slots) >= share:
+                return
+            now = time.time()
+            before = len(self._slots)
+            for number in range(self.settings.slots):
+                if len(self._slots) >= share:
+                    break
+                if number not in self._slots:
+                    await self._claim(number, now)
+            if len(self._slots) != before:
+                log.info(
+                    "reading %d of %d slots of stream %s",
+                    len(self._slots),
+                    self.settings.slots,
+                    self._stream,
+                )
+
+    async def _claim(self, number: int, now: float) -> None:
+        key = f"slot.{number}"
+        try:
+            entry = await self.kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            entry = None
+        state = codec.loads(entry.value or b"{}") if entry is not None else {}
+        if state.get("owner") and state.get("until", 0) > now:
+            return  # someone else's, and alive
+        value = codec.dumps({"owner": self._me, "until": now + LEASE, **_cursor(state)})
+        try:
+            if entry is None:
+                revision = await self.kv.create(key, value)
+            else:
+                revision = await self.kv.update(key, value, last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return  # another process claimed it first
+        slot = _Slot(number, revision, int(state.get("cursor", 0)), time.monotonic())
+        self._slots[number] = slot
+        slot.reader = await self._js.subscribe(
+            f"{self._subject}.{number}",
+            stream=self._stream,
+            ordered_consumer=True,
+            config=api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=slot.cursor + 1,
+            ),
+            cb=self._reader(slot),
+            pending_msgs_limit=QUEUE,
+        )
+        log.debug("slot %d: taken, reading after position %d", number, slot.cursor)
+
+    def _reader(self, slot: _Slot) -> Any:
+        queue = self._queue
+
+        async def on_message(msg: Msg) -> None:
+            if self._slots.get(slot.number) is not slot or slot.releasing:
+                return
+            seq = msg.metadata.sequence.stream
+            await queue.put((slot.number, _event(codec.loads(msg.data), seq)))
+            self._arrived.set()
+
+        return on_message
+
+    async def _write_lease(self, slot: _Slot, cursor: int) -> bool:
+        """Renew the slot's lease with this cursor; False if the slot is no longer ours."""
+        value = codec.dumps({"owner": self._me, "until": time.time() + LEASE, "cursor": cursor})
+        try:
+            slot.revision = await self.kv.update(f"slot.{slot.number}", value, last=slot.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        slot.cursor = cursor
+        slot.renewed = time.monotonic()
+        return True
+
+    async def _release(self, slot: _Slot) -> None:
+        """Give a slot up, keeping its cursor, for another process to take."""
+        slot.releasing = True
+        await self._drop(slot)
+        value = codec.dumps({"owner": None, "until": 0, "cursor": slot.cursor})
+        with contextlib.suppress(Exception):
+            await self.kv.update(f"slot.{slot.number}", value, last=slot.revision)
+
+    async def _drop(self, slot: _Slot) -> None:
+        """Stop reading a slot; what was read and not committed, its next owner reads again."""
+        if self._slots.get(slot.number) is slot:
+            del self._slots[slot.number]
+        await self._stop_reading(slot)
+
+    async def _stop_reading(self, slot: _Slot) -> None:
+        if slot.reader is not None:
+            with contextlib.suppress(Exception):
+                await slot.reader.unsubscribe()
+            slot.reader = None
+
+    # -- reading and committing ----------------------------------------------
+
+    async def read(self, limit: int) -> list[Event]:
+        out: list[Event] = []
+        queue = self._queue
+        while len(out) < limit and not queue.empty():
+            number, event = queue.get_nowait()
+            slot = self._slots.get(number)
+            if slot is not None and not slot.releasing:  # not given up since it was read
+                self._slot_of[event.seq] = number
+                out.append(event)
+        return out
+
+    async def wait(self, timeout: float) -> None:
+        if not self._queue.empty():
+            return
+        self._arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+
+    async def commit(self, events: Sequence[Event], retries: Sequence[Retry]) -> None:
+        for retry in retries:
+            await self._put_retry(self._slot_of.get(retry.event.seq), retry)
+        through: dict[int, int] = {}
+        for event in events:
+            number = self._slot_of.pop(event.seq, None)
+            if number is not None and event.seq > through.get(number, 0):
+                through[number] = event.seq
+        async with self._lease_lock:
+            for number, seq in sorted(through.items()):
+                slot = self._slots.get(number)
+                if slot is None or seq <= slot.cursor:
+                    continue  # given up meanwhile: its next owner reads these again
+                if not await self._write_lease(slot, seq):
+                    log.warning("slot %d was taken over by another process", number)
+                    await self._drop(slot)
+
+    # -- failed deliveries ---------------------------------------------------
+
+    def _retry_key(self, number: int, retry: Retry) -> str:
+        return f"{number}.{_hex(retry.event.id)}.{_hex(retry.rule)}"
+
+    async def _put_retry(self, number: int | None, retry: Retry) -> None:
+        if number is None:
+            number = self._slot(retry.event)
+        key = self._retry_key(number, retry)
+        value = {
+            "event": codec.Fragment(_envelope(retry.event)),
+            "seq": retry.event.seq,
+            "rule": retry.rule,
+            "attempts": retry.attempts,
+            "due_at": retry.due_at,
+            "actions": retry.actions,
+            "failures": [f.record() for f in retry.failures],
+        }
+        await self.retry_kv.put(key, codec.dumps(value))
+        self._retries[key] = (number, retry)
+
+    def _retry_from(self, key: str, data: bytes) -> tuple[int, Retry]:
+        value = codec.loads(data)
+        number = int(key.split(".")[0])
+        event = _event(value["event"], value["seq"])
+        failures = [Failure(**f) for f in value["failures"]]
+        retry = Retry(
+            event, value["rule"], value["attempts"], value["due_at"], value["actions"], failures
+        )
+        return number, retry
+
+    async def _load_retries(self) -> None:
+        while True:
+            entry = await self._watcher.updates(timeout=PUBLISH_TIMEOUT)
+            if entry is None:
+                return  # the initial values are all in
+            self._apply(entry)
+
+    async def _watch_retries(self) -> None:
+        while True:
+            try:
+                entry = await self._watcher.updates(timeout=60)
+            except nats.errors.TimeoutError:
+                continue
+            if entry is not None:
+                self._apply(entry)
+
+    def _apply(self, entry: Any) -> None:
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self._retries.pop(entry.key, None)
+        else:
+            self._retries[entry.key] = self._retry_from(entry.key, entry.value)
+
+    async def due(self, now: float, limit: int) -> list[Retry]:
+        mine = [
+            retry
+            for number, retry in self._retries.values()
+            if number in self._slots and retry.due_at <= now
+        ]
+        mine.sort(key=lambda r: r.due_at)
+        return mine[:limit]
+
+    def _key_of(self, retry: Retry) -> str | None:
+        for key, (_, held) in self._retries.items():
+            if held.event.id == retry.event.id and held.rule == retry.rule:
+                return key
+        return None
+
+    async def reschedule(self, retry: Retry) -> None:
+        key = self._key_of(retry)
+        number = int(key.split(".")[0]) if key else None
+        await self._put_retry(number, retry)
+
+    async def done(self, retry: Retry) -> None:
+        key = self._key_of(retry)
+        if key is not None:
+            self._retries.pop(key, None)
+            await self._kv_delete(key, self.retry_kv)
+
+    async def dead_letter(self, retry: Retry) -> None:
+        letter = {
+            "event": codec.Fragment(_envelope(retry.event)),
+            "seq": retry.event.seq,
+            "rule": retry.rule,
+            "attempts": retry.attempts,
+            "failed_at": time.time(),
+            "failures": [f.as_dict() for f in retry.failures],
+        }
+        # The id makes a repeat of this same give-up (after a crash) a duplicate.
+        msg_id = f"{retry.event.id}/{retry.rule}/{retry.attempts}/{retry.due_at}"
+        await self._js.publish(
+            self._dlq_subject, codec.dumps(letter), headers={"Nats-Msg-Id": msg_id}
+        )
+        await self.done(retry)
+
+    async def _letters(self) -> list[tuple[int, dict[str, Any]]]:
+        out: list[tuple[int, dict[str, Any]]] = []
+        seq = 1
+        while True:
+            try:
+                msg = await self._js.get_msg(
+                    self._dlq_stream, seq=seq, subject=self._dlq_subject, next=True
+                )
+            except nats.js.errors.NotFoundError:
+                return out
+            out.append((int(msg.seq), codec.loads(msg.data)))
+            seq = int(msg.seq) + 1
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return [
+            DeadLetter(
+                id=seq,
+                rule=letter["rule"],
+                event=_event(letter["event"], letter["seq"]),
+                attempts=letter["attempts"],
+                failed_at=letter["failed_at"],
+                failures=letter["failures"],
+            )
+            for seq, letter in await self._letters()
+        ]
+
+    async def redrive(self, ids: Sequence[int] | None) -> int:
+        wanted = None if ids is None else set(ids)
+        count = 0
+        now = time.time()
+        for seq, letter in await self._letters():
+            if wanted is not None and seq not in wanted:
+                continue
+            event = _event(letter["event"], letter["seq"])
+            await self._put_retry(None, Retry(event, letter["rule"], 0, now, []))
+            await self._js.delete_msg(self._dlq_stream, seq)
+            count += 1
+        return count
+
+
+def _cursor(state: dict[str, Any]) -> dict[str, int]:
+    return {"cursor": int(state.get("cursor", 0))}
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, nats.errors.NoServersError):
+        return "no server answered"
+    if isinstance(exc, nats.errors.TimeoutError | TimeoutError):
+        return "timed out"
+    return text
+
+
+def from_url(
+    url: str,
+    data_dir: Path,
+    *,
+    engine: bool = False,
+    keyer: Keyer | None = None,
+    **options: Any,
+) -> NatsBus:
+    """``nats://host:port[,host:port…][?stream=NAME&slots=32&…]``: see docs/deploy.md."""
+    return NatsBus(parse(url), engine=engine, keyer=keyer)

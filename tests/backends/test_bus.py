@@ -1,0 +1,262 @@
+"""The Bus contract (event log, consumer, delivery store), held by every bus backend alike."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from rulebus.backends.base import Bus, Failure, Keyer, Retry
+from rulebus.backends.registry import open_store
+from rulebus.backends.sqlite_bus import Partition
+from rulebus.events import Event
+
+T = TypeVar("T")
+Run = Callable[[Coroutine[Any, Any, T]], T]
+# Opens a bus of the backend under test: (share index, number of shares, keyer).
+OpenBus = Callable[..., Bus]
+
+
+@pytest.fixture
+def run() -> Iterator[Run[Any]]:
+    with asyncio.Runner() as runner:
+        yield runner.run
+
+
+@pytest.fixture(params=["sqlite", "nats"])
+def open_bus(request: pytest.FixtureRequest, tmp_path: Path, run: Run[Any]) -> Iterator[OpenBus]:
+    """Opens buses on one log; each share is a fixed partition (SQLite) or a process (NATS)."""
+    url = "sqlite"
+    if request.param == "nats":
+        server = request.getfixturevalue("nats_server")
+        url = f"{server.url}?stream=T{secrets.token_hex(4)}&slots=8"
+    opened: list[Bus] = []
+
+    def open_one(index: int = 0, count: int = 1, keyer: Keyer | None = None) -> Bus:
+        options: dict[str, Any] = {"engine": True, "keyer": keyer}
+        if url == "sqlite" and count > 1:
+            options["partition"] = Partition(index, count)
+        bus: Bus = open_store("bus", url, tmp_path, **options)
+        run(bus.open())
+        opened.append(bus)
+        return bus
+
+    yield open_one
+    for bus in reversed(opened):
+        run(bus.close())
+
+
+def events(n: int, prefix: str = "e", **payload: Any) -> list[Event]:
+    return [
+        Event(f"{prefix}{i}", "t/a", 1_700_000_000_000 + i, {"n": i, **payload}, "c", "p", hops=1)
+        for i in range(n)
+    ]
+
+
+async def read_all(bus: Bus, expected: int, timeout: float = 20.0) -> list[Event]:
+    out: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expected and time.monotonic() < deadline:
+        got = await bus.read(100)
+        out += got
+        if not got:
+            await bus.wait(0.05)
+    return out
+
+
+def test_appended_events_are_read_back_whole_and_in_order(open_bus: OpenBus, run: Run[Any]) -> None:
+    """What is appended is read back, in the order of its positions, with id, topic,
+    time, client, principal, hops and payload as they were."""
+    bus = open_bus()
+
+    async def main() -> None:
+        await bus.start([])
+        sent = events(50, text="é ☃", nested={"a": [1, 2.5, None]})
+        appended = await bus.append(sent)
+        assert [a.duplicate for a in appended] == [False] * 50
+        got = sorted(await read_all(bus, 50), key=lambda e: e.seq)
+        assert [(e.id, e.topic, e.ts, e.client_id, e.principal, e.hops) for e in got] == [
+            (e.id, e.topic, e.ts, "c", "p", 1) for e in sent
+        ]
+        assert [e.payload for e in got] == [e.payload for e in sent]
+        positions = [e.seq for e in got]
+        assert positions == sorted(positions) and len(set(positions)) == 50
+
+    run(main())
+
+
+def test_an_id_appended_again_is_a_duplicate_and_not_read_twice(
+    open_bus: OpenBus, run: Run[Any]
+) -> None:
+    """Appending an id the log holds reports a duplicate and adds nothing."""
+    bus = open_bus()
+
+    async def main() -> None:
+        await bus.start([])
+        (first,) = await bus.append(events(1))
+        (again,) = await bus.append(events(1))
+        assert (first.duplicate, again.duplicate) == (False, True)
+        assert again.seq == first.seq
+        await bus.append(events(1, prefix="other"))
+        assert sorted(e.id for e in await read_all(bus, 2)) == ["e0", "other0"]
+        stats = await bus.stats()
+        assert stats.head >= 2
+
+    run(main())
+
+
+def test_reading_resumes_after_what_was_committed(open_bus: OpenBus, run: Run[Any]) -> None:
+    """After a restart, events that were read but not committed are read again; committed
+    ones are not, and the stats say when all are dispatched."""
+    bus = open_bus()
+    left: list[str] = []
+
+    async def first() -> None:
+        await bus.start([])
+        await bus.append(events(10))
+        got = await read_all(bus, 10)
+        await bus.commit(got[:6], [])
+        left.extend(e.id for e in got[6:])
+        stats = await bus.stats()
+        assert stats.dispatched < stats.head
+
+    run(first())
+    run(bus.close())
+    again = open_bus()
+
+    async def second() -> None:
+        await again.start([])
+        got = await read_all(again, 4)
+        assert sorted(e.id for e in got) == sorted(left)
+        await again.commit(got, [])
+        stats = await again.stats()
+        assert stats.dispatched >= stats.head
+
+    run(second())
+
+
+def test_shares_split_the_log_and_keep_each_key_in_one_share_in_order(
+    open_bus: OpenBus, run: Run[Any]
+) -> None:
+    """Two consumers read disjoint parts of the log that together are all of it, and all
+    events of one partition key go to one of them, in the order they were appended."""
+
+    def keyer(event: Event) -> str | None:
+        return str(event.payload["sensor"])
+
+    shares = [open_bus(0, 2, keyer), open_bus(1, 2, keyer)]
+
+    async def main() -> None:
+        for bus in shares:
+            await bus.start([])
+        await asyncio.sleep(2.5)  # distributed shares settle within a couple of lease rounds
+        sent = [
+            Event(f"k{i}", "t/a", 1, {"sensor": f"s{i % 7}", "i": i}, "c", "p") for i in range(300)
+        ]
+        for start in range(0, 300, 50):
+            await shares[0].append(sent[start : start + 50])
+        got: list[list[Event]] = [[], []]
+        deadline = time.monotonic() + 20
+        while sum(map(len, got)) < 300 and time.monotonic() < deadline:
+            for i, bus in enumerate(shares):
+                batch = await bus.read(100)
+                got[i] += batch
+                if batch:
+                    await bus.commit(batch, [])
+            await asyncio.sleep(0.01)
+        ids = [[e.id for e in share] for share in got]
+        assert sorted(ids[0] + ids[1]) == sorted(e.id for e in sent)
+        assert not set(ids[0]) & set(ids[1])
+        assert ids[0] and ids[1], "both shares got work"
+        for share in got:
+            by_sensor: dict[str, list[int]] = {}
+            for e in share:
+                by_sensor.setdefault(e.payload["sensor"], []).append(e.payload["i"])
+            for sensor, order in by_sensor.items():
+                assert order == sorted(order), f"{sensor} out of order"
+        sensors = [{e.payload["sensor"] for e in share} for share in got]
+        assert not sensors[0] & sensors[1], "a key's events went to both shares"
+
+    run(main())
+
+
+def test_failed_deliveries_wait_retry_and_dead_letter(open_bus: OpenBus, run: Run[Any]) -> None:
+    """A retry kept at commit comes due with its event; it can be rescheduled, finished, or
+    dead-lettered, and a redriven dead letter is due again at once."""
+    bus = open_bus()
+    failure = Failure("table", "events", "disk on fire")
+
+    async def main() -> None:
+        await bus.start(["r"])
+        await bus.append(events(3))
+        got = sorted(await read_all(bus, 3), key=lambda e: e.seq)
+        now = time.time()
+        retries = [
+            Retry(got[0], "r", 1, now - 1, [0], [failure]),
+            Retry(got[1], "r", 1, now + 3600, [1], [failure]),
+        ]
+        await bus.commit(got, retries)
+        due = await _settled(lambda: bus.due(time.time(), 10), 1)
+        assert [(r.event.id, r.rule, r.attempts, r.actions) for r in due] == [("e0", "r", 1, [0])]
+        assert due[0].event.payload == {"n": 0} and due[0].failures == [failure]
+        assert (await bus.stats()).retrying == 2
+        due[0].attempts = 2
+        due[0].due_at = time.time() + 3600
+        await bus.reschedule(due[0])
+        assert await _settled(lambda: bus.due(time.time(), 10), 0) == []
+        later = await _settled(lambda: bus.due(time.time() + 7200, 10), 2)
+        assert sorted(r.attempts for r in later) == [1, 2]
+        await bus.done(later[0])
+        await bus.dead_letter(later[1])
+        assert (await bus.stats()).retrying == 0
+        (letter,) = await bus.dead_letters()
+        assert letter.event.id == later[1].event.id and letter.rule == "r"
+        assert letter.failures[0]["errorMessage"] == "disk on fire"
+        assert (await bus.stats()).dead_letters == 1
+        assert await bus.redrive(None) == 1
+        assert await bus.dead_letters() == []
+        (redriven,) = await _settled(lambda: bus.due(time.time(), 10), 1)
+        assert (redriven.event.id, redriven.attempts) == (letter.event.id, 0)
+
+    run(main())
+
+
+def test_a_new_rule_applies_from_the_head_once_anything_was_dispatched(
+    open_bus: OpenBus, run: Run[Any]
+) -> None:
+    """Rules present at the first start apply to the whole log; a rule added later applies
+    only to events after the head at that time."""
+    bus = open_bus()
+
+    async def first() -> None:
+        await bus.append(events(3))
+        starts = await bus.start(["old"])
+        assert starts == {"old": 0}
+        await bus.commit(await read_all(bus, 3), [])
+
+    run(first())
+    run(bus.close())
+    again = open_bus()
+
+    async def second() -> None:
+        starts = await again.start(["old", "new"])
+        assert starts["old"] == 0
+        head = (await again.stats()).head
+        assert starts["new"] == head > 0
+
+    run(second())
+
+
+async def _settled(query: Callable[[], Coroutine[Any, Any, list[Retry]]], n: int) -> list[Retry]:
+    """The query's answer once it has ``n`` items (a watched store catches up in a moment)."""
+    deadline = time.monotonic() + 5
+    while True:
+        answer = await query()
+        if len(answer) == n or time.monotonic() > deadline:
+            return answer
+        await asyncio.sleep(0.05)
