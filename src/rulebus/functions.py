@@ -18,12 +18,11 @@ from rulebus.errors import ActionError, BadInput, RulebusError
 from rulebus.sql import validate_topic
 
 if TYPE_CHECKING:
-    from rulebus.actions.base import Delivery
+    from rulebus.actions.base import Delivery, Published
     from rulebus.template.model import FunctionSpec
 
 CHUNK = 64  # sync calls per thread hop
 
-Published = tuple[str, Any, bytes]  # topic, payload, its encoding
 Handler = Callable[[Any, "FunctionContext"], Any]
 
 

@@ -8,7 +8,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from rulebus.backends.base import Appended, ObjectStore, TableStore
 from rulebus.errors import ActionError, SqlError
@@ -16,9 +16,7 @@ from rulebus.events import MAX_HOPS, Event, name_id
 from rulebus.sql import EvalContext, Template, compile_template
 
 if TYPE_CHECKING:
-    from rulebus.functions import FunctionHost
-    from rulebus.notifications import Notifier
-    from rulebus.template.options import Options
+    from rulebus.config.options import Options
 
 T = TypeVar("T")
 
@@ -75,6 +73,26 @@ class Delivery:
             raw=raw,
             hops=self.event.hops + 1,
         )
+
+
+# What a function call published: topic, payload, and the payload's encoding.
+Published = tuple[str, Any, bytes]
+
+
+class Notifier(Protocol):
+    """Sends outputs to a notification topic's subscribers (``rulebus.notifications``)."""
+
+    async def notify_many(
+        self, topic: str, deliveries: Sequence[Delivery], message_ids: Sequence[str]
+    ) -> list[Exception | None]: ...
+
+
+class FunctionHost(Protocol):
+    """Calls the app's functions (``rulebus.functions``)."""
+
+    async def invoke_many(
+        self, name: str, deliveries: Sequence[Delivery]
+    ) -> list[list[Published] | Exception]: ...
 
 
 @dataclass

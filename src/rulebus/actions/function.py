@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from rulebus.actions.base import Action, Declared, Delivery, Services, reference
 from rulebus.actions.registry import register
+from rulebus.config.options import Options
 from rulebus.errors import ActionError
 from rulebus.events import Event
-from rulebus.template.options import Options
 
 
 @register

@@ -7,7 +7,7 @@ import logging
 from rulebus import codec
 from rulebus.actions.base import Action, Declared, Delivery, Services
 from rulebus.actions.registry import register
-from rulebus.template.options import Options
+from rulebus.config.options import Options
 
 _LEVELS = {
     "debug": logging.DEBUG,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from rulebus.actions.base import Action, Declared, Delivery, Services, reference
 from rulebus.actions.registry import register
-from rulebus.template.options import Options
+from rulebus.config.options import Options
 
 
 @register

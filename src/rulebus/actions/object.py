@@ -17,9 +17,9 @@ from rulebus.actions.base import (
 )
 from rulebus.actions.registry import register
 from rulebus.backends.base import validate_key
+from rulebus.config.options import Options, constant_shape
 from rulebus.errors import ActionError, BadInput
 from rulebus.sql import Template
-from rulebus.template.options import Options, constant_shape
 
 
 @register

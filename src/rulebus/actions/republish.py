@@ -12,9 +12,9 @@ from rulebus.actions.base import (
     template_option,
 )
 from rulebus.actions.registry import register
+from rulebus.config.options import Options, check_topic_template
 from rulebus.errors import ActionError, BadInput
 from rulebus.sql import Template, validate_topic
-from rulebus.template.options import Options, check_topic_template
 
 
 @register

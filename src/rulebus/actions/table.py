@@ -15,9 +15,9 @@ from rulebus.actions.base import (
     render,
 )
 from rulebus.actions.registry import register
+from rulebus.config.options import Options
 from rulebus.errors import ActionError
 from rulebus.sql import Template, compile_template
-from rulebus.template.options import Options
 
 
 @register

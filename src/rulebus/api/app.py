@@ -1,7 +1,8 @@
 """The Starlette application: ingest routes from the app file plus built-in routes.
 
 Errors become responses in one place (``_error``): a ``BadInput`` keeps its
-status, a ``NotFound`` is 404, anything else is a 500 with no details.
+status, a ``NotFound`` is 404, an ``Unavailable`` backend a 503 that names it,
+anything else is a 500 with no details.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rulebus.api.ingest import (
     route_event,
     topic_event,
 )
-from rulebus.errors import BadInput, NotFound, RulebusError
+from rulebus.errors import BadInput, NotFound, RulebusError, Unavailable
 from rulebus.template.model import RouteSpec
 
 if TYPE_CHECKING:
@@ -171,5 +172,9 @@ async def _error(request: Request, exc: Exception) -> Response:
         return JSON({"error": exc.detail}, status_code=exc.status_code)
     if isinstance(exc, NotFound):
         return JSON({"error": str(exc)}, status_code=404)
+    if isinstance(exc, Unavailable):
+        # Nothing was stored: the client may send the same request again.
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSON({"error": str(exc)}, status_code=503, headers={"retry-after": "1"})
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSON({"error": "internal error"}, status_code=500)

@@ -11,6 +11,8 @@ from pathlib import Path
 from rulebus.actions import registry
 from rulebus.actions.base import Action, Declared, template_option
 from rulebus.backends.base import validate_bucket
+from rulebus.config.options import Options, check_topic_template, placeholders
+from rulebus.config.source import Source, dotted, read_source
 from rulebus.errors import BadInput, RulebusError, SqlError, TemplateError
 from rulebus.functions import load_handler
 from rulebus.sql import DEFAULT_SQL_VERSION, SQL_VERSIONS, compile_rule, compile_template
@@ -25,8 +27,6 @@ from rulebus.template.model import (
     SubscriberSpec,
     TableSpec,
 )
-from rulebus.template.options import Options, check_topic_template, placeholders
-from rulebus.template.source import Source, dotted, read_source
 
 APP_FILE = "rulebus.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")

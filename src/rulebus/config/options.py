@@ -10,9 +10,9 @@ import difflib
 import re
 from typing import Any, NoReturn
 
+from rulebus.config.source import Path_, Source
 from rulebus.errors import BadInput
 from rulebus.sql import validate_topic
-from rulebus.template.source import Path_, Source
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
