@@ -589,20 +589,23 @@ class NatsBus:
             await asyncio.wait_for(self._arrived.wait(), timeout)
 
     async def commit(self, events: Sequence[Event], retries: Sequence[Retry]) -> None:
-        for retry in retries:
-            await self._put_retry(self._slot_of.get(retry.event.seq), retry)
+        await asyncio.gather(*(self._put_retry(self._slot_of.get(r.event.seq), r) for r in retries))
         through: dict[int, int] = {}
         for event in events:
             number = self._slot_of.pop(event.seq, None)
             if number is not None and event.seq > through.get(number, 0):
                 through[number] = event.seq
         async with self._lease_lock:
-            for number, seq in sorted(through.items()):
-                slot = self._slots.get(number)
-                if slot is None or seq <= slot.cursor:
-                    continue  # given up meanwhile: its next owner reads these again
-                if not await self._write_lease(slot, seq):
-                    log.warning("slot %d was taken over by another process", number)
+            # One write per slot, all at once: each is a round trip and an fsync.
+            moved = [
+                (slot, seq)
+                for number, seq in through.items()
+                if (slot := self._slots.get(number)) is not None and seq > slot.cursor
+            ]  # a slot given up meanwhile is read again by its next owner
+            written = await asyncio.gather(*(self._write_lease(s, seq) for s, seq in moved))
+            for (slot, _), ok in zip(moved, written, strict=True):
+                if not ok:
+                    log.warning("slot %d was taken over by another process", slot.number)
                     await self._drop(slot)
 
     # -- failed deliveries ---------------------------------------------------
