@@ -70,6 +70,7 @@ logging.getLogger("nats.js.kv").setLevel(logging.ERROR)
 LEASE = 6.0  # seconds a slot stays with a process that stopped renewing it
 RENEW = 1.0  # seconds between lease renewals (and heartbeats)
 QUEUE = 8192  # events read ahead of the engine, in all of a process's slots
+CONNECT_TIMEOUT = 10.0  # seconds start-up waits for a first connection
 PUBLISH_TIMEOUT = 10.0  # seconds an append waits for JetStream's acknowledgement
 DEFAULT_SLOTS = 32
 
@@ -216,22 +217,13 @@ class NatsBus:
     async def open(self) -> None:
         s = self.settings
         try:
-            self._nc = await nats.connect(
-                s.servers,
-                user=s.user,
-                password=s.password,
-                token=s.token,
-                tls=s.tls,
-                name=f"rulebus {self._me}",
-                connect_timeout=3,
-                # Once connected, keep reconnecting for as long as it takes:
-                # appends wait (and time out) meanwhile rather than fail fast.
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=self._on_error,
-                disconnected_cb=self._on_disconnect,
-                reconnected_cb=self._on_reconnect,
-            )
+            # nats-py tries again for ever when told to reconnect for ever,
+            # the first connection included: start-up gives up on its own.
+            self._nc = await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT)
+        except TimeoutError:
+            raise Unavailable(
+                "bus", s.url, f"no server answered within {CONNECT_TIMEOUT:g} s"
+            ) from None
         except Exception as exc:
             raise Unavailable("bus", s.url, _reason(exc)) from None
         self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT)
@@ -240,6 +232,25 @@ class NatsBus:
         except Exception as exc:
             await self._nc.close()
             raise Unavailable("bus", s.url, f"JetStream: {_reason(exc)}") from None
+
+    async def _connect(self) -> Any:
+        s = self.settings
+        return await nats.connect(
+            s.servers,
+            user=s.user,
+            password=s.password,
+            token=s.token,
+            tls=s.tls,
+            name=f"rulebus {self._me}",
+            connect_timeout=3,
+            # Once connected, keep reconnecting for as long as it takes:
+            # appends wait (and time out) meanwhile rather than fail fast.
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
+        )
 
     async def _ensure_streams(self) -> None:
         s = self.settings
