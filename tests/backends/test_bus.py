@@ -260,3 +260,20 @@ async def _settled(query: Callable[[], Coroutine[Any, Any, list[Retry]]], n: int
         if len(answer) == n or time.monotonic() > deadline:
             return answer
         await asyncio.sleep(0.05)
+
+
+def test_every_process_must_split_a_nats_log_alike(
+    nats_server: Any, tmp_path: Path, run: Run[Any]
+) -> None:
+    """A process given another slot count than the stream was made with refuses to start."""
+    from rulebus.errors import RulebusError
+
+    url = f"{nats_server.url}?stream=T{secrets.token_hex(4)}"
+    first = open_store("bus", url + "&slots=8", tmp_path)
+    run(first.open())
+    try:
+        other = open_store("bus", url + "&slots=16", tmp_path)
+        with pytest.raises(RulebusError, match="split into 8 slots, not 16"):
+            run(other.open())
+    finally:
+        run(first.close())

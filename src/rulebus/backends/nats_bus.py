@@ -87,6 +87,7 @@ class Settings:
     user: str | None
     password: str | None
     token: str | None
+    creds: str | None  # a NATS credentials file (JWT and NKey seed)
     tls: ssl.SSLContext | None
     url: str  # redacted, for messages
 
@@ -116,7 +117,8 @@ def parse(url: str) -> Settings:
     hosts = parts.netloc.rsplit("@", 1)[-1]
     if not hosts:
         raise RulebusError(f"--bus {shown}: no server given (nats://host:port)")
-    scheme = "tls" if parts.scheme == "tls" or "tls_ca" in query else "nats"
+    wants_tls = parts.scheme == "tls" or any(k in query for k in ("tls_ca", "tls_cert"))
+    scheme = "tls" if wants_tls else "nats"
     servers = [f"{scheme}://{host.strip()}" for host in hosts.split(",") if host.strip()]
     stream = query.get("stream", "RULEBUS")
     if not stream.replace("_", "").replace("-", "").isalnum() or len(stream) > 64:
@@ -145,6 +147,7 @@ def parse(url: str) -> Settings:
         user=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         token=query.get("token"),
+        creds=query.get("creds"),
         tls=tls,
         url=shown,
     )
@@ -230,7 +233,10 @@ class NatsBus:
         try:
             await self._ensure_streams()
         except Exception as exc:
+            self._closing = True
             await self._nc.close()
+            if isinstance(exc, RulebusError):
+                raise
             raise Unavailable("bus", s.url, f"JetStream: {_reason(exc)}") from None
 
     async def _connect(self) -> Any:
@@ -291,6 +297,16 @@ class NatsBus:
                     )
                 )
         self._kv, self._retry_kv = buckets
+        # Every process must split the log alike: a process with another slot
+        # count would put a key's events where its owner never reads them.
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            await self.kv.create("config", codec.dumps({"slots": s.slots}))
+        recorded = codec.loads((await self.kv.get("config")).value or b"{}").get("slots")
+        if recorded != s.slots:
+            raise RulebusError(
+                f"stream {self._stream} is split into {recorded} slots, not {s.slots};"
+                f" use slots={recorded} (a new slot count needs a new stream)"
+            )
 
     async def close(self) -> None:
         for task in self._tasks:

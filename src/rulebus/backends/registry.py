@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from rulebus.errors import RulebusError
 
@@ -63,11 +63,19 @@ def is_embedded(url: str) -> bool:
     return scheme(url) in ("sqlite", "file")
 
 
+SECRET_OPTIONS = ("password", "token", "secret", "sslpassword")
+
+
 def redact(url: str) -> str:
-    """``url`` without its password, fit for messages and logs."""
+    """``url`` without its password or secret options, fit for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
+    if parts.query:
+        query = [
+            f"{key}=***" if key.lower() in SECRET_OPTIONS else f"{key}={value}"
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query="&".join(query))
+    return urlunsplit(parts)

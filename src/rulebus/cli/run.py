@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable, Coroutine
@@ -215,6 +216,11 @@ def _engine_commands(
     app_dir: Path, data_dir: Path, where: Backends, log_level: str, count: int
 ) -> list[list[str]]:
     """The command lines of ``count`` engine processes sharing the app's events."""
+    # The URLs go to the children through the environment: on a command
+    # line, every user of the machine could read their passwords with ps.
+    os.environ.update(
+        RULEBUS_BUS=where.bus, RULEBUS_TABLES=where.tables, RULEBUS_OBJECTS=where.objects
+    )
     base = [
         sys.executable,
         "-m",
@@ -225,12 +231,6 @@ def _engine_commands(
         str(data_dir),
         "--log-level",
         log_level,
-        "--bus",
-        where.bus,
-        "--tables",
-        where.tables,
-        "--objects",
-        where.objects,
     ]
     if not is_embedded(where.bus):
         return [base] * count
