@@ -20,6 +20,7 @@ class Event:
     encoding, made once where the event is made. ``seq`` is the bus's
     position, assigned when the event is durably appended. ``hops`` stops
     rules that publish into their own topic filter from looping for ever.
+    ``fresh_id`` is never stored.
     """
 
     id: str
@@ -31,6 +32,9 @@ class Event:
     seq: int = 0
     raw: bytes | None = None
     hops: int = 0  # how many rules published it on the way from its origin
+    # The id was made here just now, so it cannot be in the log already: a bus
+    # may skip its duplicate check (and batch such events) for it.
+    fresh_id: bool = False
 
 
 MAX_HOPS = 16

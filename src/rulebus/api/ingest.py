@@ -106,11 +106,12 @@ def route_event(route: RouteSpec, body: Any, client_id: str | None, ts: int) -> 
     for field in route.required:
         if body.get(field) is None:
             raise BadInput(f"missing required field {field!r}")
-    if body.get(route.id_field) is None:
+    fresh = body.get(route.id_field) is None
+    if fresh:
         body[route.id_field] = new_id()
     id_ = event_id(body[route.id_field])
     topic = render_topic(route, body)
-    return Event(id_, topic, ts, body, client_id, raw=encode(body))
+    return Event(id_, topic, ts, body, client_id, raw=encode(body), fresh_id=fresh)
 
 
 def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
@@ -133,7 +134,7 @@ def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
 
 def topic_event(topic: str, body: Any, client_id: str | None, ts: int) -> Event:
     validate_topic(topic)
-    return Event(new_id(), topic, ts, body, client_id, raw=encode(body))
+    return Event(new_id(), topic, ts, body, client_id, raw=encode(body), fresh_id=True)
 
 
 def encode(payload: Any) -> bytes:
