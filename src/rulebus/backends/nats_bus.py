@@ -5,12 +5,14 @@ Layout, all named after the ``stream`` URL option (default ``RULEBUS``):
 - stream ``NAME``, subjects ``NAME.ev.<slot>``: the event log. A message is
   a JSON array of envelopes (id, topic, time, client, principal, hops,
   payload). An event's slot is its partition key's hash (or else its id's)
-  modulo ``slots``. An event whose id was given (by a client, or derived by
-  a rule) is a message of its own with ``Nats-Msg-Id`` set to the id, so
-  JetStream drops a repeated id within its duplicate window. Events whose
-  ids the server has just made cannot be repeats, so concurrent appends of
-  those share one message per slot (group commit: with ``sync_interval:
-  always`` the server syncs each message to disk, some 800 a second here).
+  modulo ``slots``. An event whose id a client gave is a message of its own
+  with ``Nats-Msg-Id`` set to the id, so JetStream drops a repeated id
+  within its duplicate window and ingest can say so. Other events share
+  messages: concurrent appends go out as one message per slot (group commit:
+  with ``sync_interval: always`` the server syncs each message to disk, some
+  800 a second here). Events that rules publish have ids derived from their
+  delivery; their message's ``Nats-Msg-Id`` is made of those ids, so a
+  retried delivery that publishes the same events again is dropped whole.
   An event's position is its message's stream sequence times 4096 plus its
   index in the message.
 - key-value bucket ``NAME_state``: ``slot.<n>`` holds the lease of slot n
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -223,7 +226,7 @@ class NatsBus:
         # position -> (slot, last of its message), for events read and not committed
         self._slot_of: dict[int, tuple[int, bool]] = {}
         # Fresh events waiting for the next message of their slot.
-        self._batches: dict[int, list[tuple[bytes, asyncio.Future[int]]]] = {}
+        self._batches: dict[int, list[tuple[bytes, asyncio.Future[Appended], Event]]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[tuple[int, bool, Event]] = asyncio.Queue(QUEUE)
         self._retries: dict[str, tuple[int, Retry]] = {}  # KV key -> (slot, retry)
@@ -374,22 +377,18 @@ class NatsBus:
         waits: list[Any] = []
         for e in events:
             slot = self._slot(e)
-            if e.fresh_id:
-                future: asyncio.Future[int] = loop.create_future()
-                self._batches.setdefault(slot, []).append((_envelope(e), future))
+            if e.fresh_id or e.hops > 0:
+                future: asyncio.Future[Appended] = loop.create_future()
+                self._batches.setdefault(slot, []).append((_envelope(e), future, e))
                 waits.append(future)
             else:
                 waits.append(self._publish_one(slot, e))
         if self._batches and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="nats-append")
         try:
-            outcomes = await asyncio.gather(*waits)
+            return list(await asyncio.gather(*waits))
         except Exception as exc:
             raise Unavailable("bus", self.settings.url, _reason(exc)) from None
-        return [
-            Appended(e.id, outcome, False) if isinstance(outcome, int) else outcome
-            for e, outcome in zip(events, outcomes, strict=True)
-        ]
 
     async def _publish_one(self, slot: int, event: Event) -> Appended:
         ack = await self._js.publish(
@@ -408,7 +407,7 @@ class NatsBus:
                 messages = []
                 for slot, waiting in taken.items():
                     start = size = 0
-                    for i, (envelope, _) in enumerate(waiting):
+                    for i, (envelope, _, _) in enumerate(waiting):
                         if i - start == BATCH_EVENTS or (
                             size and size + len(envelope) > BATCH_BYTES
                         ):
@@ -421,22 +420,28 @@ class NatsBus:
             self._flusher = None
 
     async def _publish_batch(
-        self, slot: int, part: list[tuple[bytes, asyncio.Future[int]]]
+        self, slot: int, part: list[tuple[bytes, asyncio.Future[Appended], Event]]
     ) -> None:
+        headers = None
+        if not all(e.fresh_id for _, _, e in part):
+            ids = "\n".join(e.id for _, _, e in part).encode()
+            headers = {"Nats-Msg-Id": "batch:" + hashlib.sha256(ids).hexdigest()}
         try:
             ack = await self._js.publish(
                 f"{self._subject}.{slot}",
-                _message([envelope for envelope, _ in part]),
+                _message([envelope for envelope, _, _ in part]),
                 timeout=PUBLISH_TIMEOUT,
+                headers=headers,
             )
         except Exception as exc:
-            for _, future in part:
+            for _, future, _ in part:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for i, (_, future) in enumerate(part):
+        for i, (_, future, event) in enumerate(part):
             if not future.done():
-                future.set_result(ack.seq << SHIFT | i)
+                position = ack.seq << SHIFT | i
+                future.set_result(Appended(event.id, position, bool(ack.duplicate)))
 
     async def stats(self) -> BusStats:
         try:
