@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -91,6 +92,15 @@ class BusStats:
 
 # An event's partition key, or None where it has none (see rulebus.engine.keys).
 Keyer = Callable[[Event], "str | None"]
+
+
+def key_hash(key: str) -> int:
+    """A hash of a partition key that every process and host computes alike.
+
+    Buses split the log by it, so a key's events all reach one consumer.
+    Python's own ``hash`` of a string differs from process to process.
+    """
+    return zlib.crc32(key.encode("utf-8", "surrogatepass"))
 
 
 class EventLog(Protocol):

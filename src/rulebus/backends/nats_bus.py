@@ -65,9 +65,8 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from rulebus import codec
-from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer, Retry
+from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer, Retry, key_hash
 from rulebus.backends.registry import redact
-from rulebus.engine.keys import key_hash
 from rulebus.errors import RulebusError, Unavailable
 from rulebus.events import Event
 

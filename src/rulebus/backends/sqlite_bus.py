@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from rulebus import codec
-from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer, Retry
+from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer, Retry, key_hash
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect
-from rulebus.engine.keys import key_hash
 from rulebus.events import Event
 
 SCHEMA = """

@@ -9,18 +9,11 @@ order; the engine then runs deliveries of one key one at a time.
 
 from __future__ import annotations
 
-import zlib
-
 from rulebus.backends.base import Keyer
 from rulebus.engine.router import Router
 from rulebus.events import Event
 from rulebus.sql import EvalContext, Template
 from rulebus.template.model import App
-
-
-def key_hash(key: str) -> int:
-    """A hash of a key that every process and host computes alike (Python's does not)."""
-    return zlib.crc32(key.encode("utf-8", "surrogatepass"))
 
 
 def keyer(app: App) -> Keyer | None:
