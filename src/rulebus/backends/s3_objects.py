@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -51,6 +52,11 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _OPTIONS = ("bucket_prefix", "endpoint", "region")
+
+# botocore says at INFO where it found credentials and the endpoint, once
+# per client: noise in every engine process's log.
+for _name in ("botocore", "aiobotocore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def _answer(exc: ClientError) -> tuple[str, int, str]:
