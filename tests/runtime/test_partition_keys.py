@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import textwrap
@@ -42,6 +43,7 @@ api:
 # this process saw, and whether another call for the sensor was in progress.
 TRACK = """
 import asyncio
+import itertools
 import os
 
 last = {}
@@ -116,7 +118,7 @@ def test_readings_of_one_key_are_tracked_in_order_by_two_workers(
     # A sensor stays with one process; on the NATS bus its slot may move once
     # while the second process joins and the slots are shared out.
     handovers = {
-        sensor: sum(a["pid"] != b["pid"] for a, b in zip(seq, seq[1:], strict=False))
+        sensor: sum(a["pid"] != b["pid"] for a, b in itertools.pairwise(seq))
         for sensor in SENSORS
         if (seq := sorted((r for r in rows if r["sensor"] == sensor), key=lambda r: r["n"]))
     }
