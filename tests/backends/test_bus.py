@@ -314,3 +314,24 @@ def test_fresh_events_appended_at_once_share_messages_and_keep_their_order(
         await again.close()
 
     run(main())
+
+
+def test_events_published_again_by_a_retried_rule_are_duplicates(
+    open_bus: OpenBus, run: Run[Any]
+) -> None:
+    """Events with derived ids appended again, alone or among others, are reported as
+    duplicates and read once."""
+    bus = open_bus()
+
+    async def main() -> None:
+        await bus.start([])
+        first = await bus.append(events(2, prefix="d"))
+        again = await bus.append([*events(3, prefix="d")[1:], *events(1, prefix="x")])
+        assert [a.duplicate for a in first] == [False, False]
+        assert [(a.id, a.duplicate) for a in again] == [("d1", True), ("d2", False), ("x0", False)]
+        got = await read_all(bus, 4)
+        await asyncio.sleep(0.2)
+        got += await bus.read(100)
+        assert sorted(e.id for e in got) == ["d0", "d1", "d2", "x0"]
+
+    run(main())

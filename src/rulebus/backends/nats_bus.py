@@ -11,8 +11,9 @@ Layout, all named after the ``stream`` URL option (default ``RULEBUS``):
   messages: concurrent appends go out as one message per slot (group commit:
   with ``sync_interval: always`` the server syncs each message to disk, some
   800 a second here). Events that rules publish have ids derived from their
-  delivery; their message's ``Nats-Msg-Id`` is made of those ids, so a
-  retried delivery that publishes the same events again is dropped whole.
+  delivery: they go as atomic batches (JetStream 2.12+), a message each with
+  its id in ``Nats-Msg-Id``, so a retried delivery's events are dropped as
+  repeats while a batch costs far fewer syncs than its messages one by one.
   An event's position is its message's stream sequence times 4096 plus its
   index in the message.
 - key-value bucket ``NAME_state``: ``slot.<n>`` holds the lease of slot n
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -81,6 +81,8 @@ QUEUE = 8192  # events read ahead of the engine, in all of a process's slots
 SHIFT = 12  # an event's position: its message's sequence << SHIFT | its index in it
 BATCH_EVENTS = 1000  # the most events in one message
 BATCH_BYTES = 512 * 1024  # and bytes (under the server's default max_payload of 1 MB)
+ATOMIC_EVENTS = 100  # events with derived ids in one atomic batch (the server allows 1,000)
+ATOMIC_DUPLICATE = 10201  # "atomic publish batch contains duplicate message id"
 CONNECT_TIMEOUT = 10.0  # seconds start-up waits for a first connection
 PUBLISH_TIMEOUT = 10.0  # seconds an append waits for JetStream's acknowledgement
 DEFAULT_SLOTS = 16
@@ -164,6 +166,29 @@ def parse(url: str) -> Settings:
     )
 
 
+_Waiting = tuple[bytes, "asyncio.Future[Appended]", Event]  # envelope, its caller, the event
+
+
+def _chunks(waiting: list[_Waiting]) -> list[list[_Waiting]]:
+    """Fresh events cut into messages of at most BATCH_EVENTS events and BATCH_BYTES."""
+    out: list[list[_Waiting]] = []
+    start = size = 0
+    for i, (envelope, _, _) in enumerate(waiting):
+        if i - start == BATCH_EVENTS or (size and size + len(envelope) > BATCH_BYTES):
+            out.append(waiting[start:i])
+            start, size = i, 0
+        size += len(envelope) + 1
+    if start < len(waiting):
+        out.append(waiting[start:])
+    return out
+
+
+def _fail(part: list[_Waiting], exc: BaseException) -> None:
+    for _, future, _ in part:
+        if not future.done():
+            future.set_exception(exc)
+
+
 def _message(envelopes: Sequence[bytes]) -> bytes:
     return b"[" + b",".join(envelopes) + b"]"
 
@@ -225,7 +250,7 @@ class NatsBus:
         # position -> (slot, last of its message), for events read and not committed
         self._slot_of: dict[int, tuple[int, bool]] = {}
         # Fresh events waiting for the next message of their slot.
-        self._batches: dict[int, list[tuple[bytes, asyncio.Future[Appended], Event]]] = {}
+        self._batches: dict[int, list[_Waiting]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[tuple[int, bool, Event]] = asyncio.Queue(QUEUE)
         self._retries: dict[str, tuple[int, Retry]] = {}  # KV key -> (slot, retry)
@@ -288,6 +313,7 @@ class NatsBus:
             retention=api.RetentionPolicy.LIMITS,
             num_replicas=s.replicas,
             duplicate_window=s.duplicate_window,
+            allow_atomic=True,
         )
         dlq_config = api.StreamConfig(
             name=self._dlq_stream,
@@ -297,7 +323,10 @@ class NatsBus:
         )
         for config in (log_config, dlq_config):
             try:
-                await js.stream_info(config.name)
+                info = await js.stream_info(config.name)
+                if config is log_config and not info.config.allow_atomic:
+                    info.config.allow_atomic = True  # a stream made by an older rulebus
+                    await js.update_stream(info.config)
             except nats.js.errors.NotFoundError:
                 with contextlib.suppress(nats.js.errors.BadRequestError):
                     await js.add_stream(config)  # another process may have made it meanwhile
@@ -399,48 +428,96 @@ class NatsBus:
         return Appended(event.id, ack.seq << SHIFT, duplicate=bool(ack.duplicate))
 
     async def _flush(self) -> None:
-        """Publish what waits, a message per slot, while more gathers for the next round."""
+        """Publish what waits, per slot, while more gathers for the next round."""
         try:
             while self._batches:
                 taken, self._batches = self._batches, {}
-                messages = []
+                sends = []
                 for slot, waiting in taken.items():
-                    start = size = 0
-                    for i, (envelope, _, _) in enumerate(waiting):
-                        if i - start == BATCH_EVENTS or (
-                            size and size + len(envelope) > BATCH_BYTES
-                        ):
-                            messages.append((slot, waiting[start:i]))
-                            start, size = i, 0
-                        size += len(envelope) + 1
-                    messages.append((slot, waiting[start:]))
-                await asyncio.gather(*(self._publish_batch(slot, part) for slot, part in messages))
+                    fresh = [w for w in waiting if w[2].fresh_id]
+                    derived = [w for w in waiting if not w[2].fresh_id]
+                    sends += [self._publish_array(slot, part) for part in _chunks(fresh)]
+                    sends += [
+                        self._publish_atomic(slot, derived[i : i + ATOMIC_EVENTS])
+                        for i in range(0, len(derived), ATOMIC_EVENTS)
+                    ]
+                await asyncio.gather(*sends)
         finally:
             self._flusher = None
 
-    async def _publish_batch(
-        self, slot: int, part: list[tuple[bytes, asyncio.Future[Appended], Event]]
-    ) -> None:
-        headers = None
-        if not all(e.fresh_id for _, _, e in part):
-            ids = "\n".join(e.id for _, _, e in part).encode()
-            headers = {"Nats-Msg-Id": "batch:" + hashlib.sha256(ids).hexdigest()}
+    async def _publish_array(self, slot: int, part: list[_Waiting]) -> None:
+        """Fresh events as one message: one fsync for all of them."""
         try:
             ack = await self._js.publish(
                 f"{self._subject}.{slot}",
                 _message([envelope for envelope, _, _ in part]),
                 timeout=PUBLISH_TIMEOUT,
-                headers=headers,
             )
         except Exception as exc:
-            for _, future, _ in part:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(part, exc)
             return
         for i, (_, future, event) in enumerate(part):
             if not future.done():
-                position = ack.seq << SHIFT | i
-                future.set_result(Appended(event.id, position, bool(ack.duplicate)))
+                future.set_result(Appended(event.id, ack.seq << SHIFT | i))
+
+    async def _publish_atomic(self, slot: int, part: list[_Waiting]) -> None:
+        """Events with derived ids as one atomic batch: a message each, with its id.
+
+        JetStream then drops an id it has seen within its window, as for a
+        single message, and commits the batch together (far fewer syncs than
+        a message at a time). A batch holding an id seen before is refused
+        whole; its events then go one by one, so each learns if it was new.
+        """
+        subject = f"{self._subject}.{slot}"
+        batch = uuid.uuid4().hex
+        nc = self._nc
+        try:
+            for i, (envelope, _, event) in enumerate(part[:-1], 1):
+                await nc.publish(
+                    subject,
+                    _message([envelope]),
+                    headers={
+                        "Nats-Batch-Id": batch,
+                        "Nats-Batch-Sequence": str(i),
+                        "Nats-Msg-Id": event.id,
+                    },
+                )
+            envelope, _, event = part[-1]
+            reply = await nc.request(
+                subject,
+                _message([envelope]),
+                timeout=PUBLISH_TIMEOUT,
+                headers={
+                    "Nats-Batch-Id": batch,
+                    "Nats-Batch-Sequence": str(len(part)),
+                    "Nats-Batch-Commit": "1",
+                    "Nats-Msg-Id": event.id,
+                },
+            )
+            answer = codec.loads(reply.data)
+        except Exception as exc:
+            _fail(part, exc)
+            return
+        error = answer.get("error")
+        if error is not None and error.get("err_code") == ATOMIC_DUPLICATE:
+            outcomes = await asyncio.gather(
+                *(self._publish_one(slot, e) for _, _, e in part), return_exceptions=True
+            )
+            for (_, future, _), outcome in zip(part, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+            return
+        if error is not None:
+            _fail(part, RulebusError(f"JetStream refused a batch: {error.get('description')}"))
+            return
+        first = int(answer["seq"]) - len(part) + 1
+        for i, (_, future, event) in enumerate(part):
+            if not future.done():
+                future.set_result(Appended(event.id, (first + i) << SHIFT))
 
     async def stats(self) -> BusStats:
         try:
