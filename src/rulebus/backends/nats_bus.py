@@ -5,15 +5,16 @@ Layout, all named after the ``stream`` URL option (default ``RULEBUS``):
 - stream ``NAME``, subjects ``NAME.ev.<slot>``: the event log. A message is
   a JSON array of envelopes (id, topic, time, client, principal, hops,
   payload). An event's slot is its partition key's hash (or else its id's)
-  modulo ``slots``. An event whose id a client gave is a message of its own
-  with ``Nats-Msg-Id`` set to the id, so JetStream drops a repeated id
-  within its duplicate window and ingest can say so. Other events share
-  messages: concurrent appends go out as one message per slot (group commit:
-  with ``sync_interval: always`` the server syncs each message to disk, some
-  800 a second here). Events that rules publish have ids derived from their
-  delivery: they go as atomic batches (JetStream 2.12+), a message each with
-  its id in ``Nats-Msg-Id``, so a retried delivery's events are dropped as
-  repeats while a batch costs far fewer syncs than its messages one by one.
+  modulo ``slots``. Appends that arrive together go out together, per slot
+  (group commit: with ``sync_interval: always`` the server syncs each
+  message to disk, some 800 single messages a second here). Events whose ids
+  the server has just made cannot be repeats: they share one message. Events
+  whose ids were given (by a client, or derived by a rule from its delivery)
+  go as an atomic batch (JetStream 2.12+), a message each with its id in
+  ``Nats-Msg-Id``: JetStream drops an id it has seen within its duplicate
+  window, so ingest can report a repeat and a retried delivery's events are
+  not appended twice, while a batch costs far fewer syncs than its messages
+  one by one.
   An event's position is its message's stream sequence times 4096 plus its
   index in the message.
 - key-value bucket ``NAME_state``: ``slot.<n>`` holds the lease of slot n
@@ -404,13 +405,9 @@ class NatsBus:
         loop = asyncio.get_running_loop()
         waits: list[Any] = []
         for e in events:
-            slot = self._slot(e)
-            if e.fresh_id or e.hops > 0:
-                future: asyncio.Future[Appended] = loop.create_future()
-                self._batches.setdefault(slot, []).append((_envelope(e), future, e))
-                waits.append(future)
-            else:
-                waits.append(self._publish_one(slot, e))
+            future: asyncio.Future[Appended] = loop.create_future()
+            self._batches.setdefault(self._slot(e), []).append((_envelope(e), future, e))
+            waits.append(future)
         if self._batches and self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="nats-append")
         try:
@@ -461,7 +458,7 @@ class NatsBus:
                 future.set_result(Appended(event.id, ack.seq << SHIFT | i))
 
     async def _publish_atomic(self, slot: int, part: list[_Waiting]) -> None:
-        """Events with derived ids as one atomic batch: a message each, with its id.
+        """Events with given ids as one atomic batch: a message each, with its id.
 
         JetStream then drops an id it has seen within its window, as for a
         single message, and commits the batch together (far fewer syncs than
