@@ -21,8 +21,21 @@ from typing import Any, ClassVar
 
 import httpx
 
+from tests.services.s3 import _CLEARED as AWS_CLEARED
+
 ROOT = Path(__file__).resolve().parents[2]
 EXCHANGE = ROOT / "examples" / "exchange"
+
+# Set by the ``backends`` fixture, never inherited: without it a child runs embedded.
+BACKEND_VARIABLES = ("RULEBUS_BUS", "RULEBUS_TABLES", "RULEBUS_OBJECTS")
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child process: ours without backend choices, plus ``env``."""
+    base = {
+        k: v for k, v in os.environ.items() if k not in BACKEND_VARIABLES and k not in AWS_CLEARED
+    }
+    return {**base, **(env or {})}
 
 
 def free_port() -> int:
@@ -32,20 +45,27 @@ def free_port() -> int:
 
 
 def cli(
-    *args: str, data_dir: Path | None = None, check: bool = False
+    *args: str,
+    data_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real ``rulebus`` command in a child process."""
+    """Run the real ``rulebus`` command in a child process.
+
+    ``env`` is added to the environment: the ``backends`` fixture's variables
+    choose the backends; without them the command uses the embedded ones.
+    """
     cmd = [sys.executable, "-m", "rulebus", *args]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=child_env(env))
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} exited {result.returncode}: {result.stderr}")
     return result
 
 
-def scan(table: str, data_dir: Path) -> list[dict[str, Any]]:
-    out = cli("table", "scan", table, data_dir=data_dir, check=True).stdout
+def scan(table: str, data_dir: Path, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    out = cli("table", "scan", table, data_dir=data_dir, env=env, check=True).stdout
     return [json.loads(line) for line in out.splitlines()]
 
 
@@ -61,9 +81,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
 
 
 class Server:
-    """``rulebus up`` in its own process, on a free port."""
+    """``rulebus up`` in its own process, on a free port.
 
-    running: ClassVar[list[Server]] = []  # stopped after each test, whatever happened
+    ``env`` is added to its environment (``child_env``); the CLI commands run
+    through ``cli`` and ``scan`` get the same, so they see the same backends.
+    """
+
+    running: ClassVar[list[Server]] = []  # those started by this test: stopped after it
 
     def __init__(
         self, app: Path, data_dir: Path, env: dict[str, str] | None = None, *args: str
@@ -71,7 +95,7 @@ class Server:
         self.app = app
         self.args = args
         self.data_dir = data_dir
-        self.env = {**os.environ, **(env or {})}
+        self.env = child_env(env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
@@ -115,6 +139,26 @@ class Server:
         for line in self.proc.stdout:
             self.output.append(line)
 
+    def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """``rulebus ARGS`` on this server's data directory and backends."""
+        return cli(*args, data_dir=self.data_dir, env=self.env, check=check)
+
+    def scan(self, table: str) -> list[dict[str, Any]]:
+        """The items of a table of this server's app, as ``rulebus table scan`` prints them."""
+        return scan(table, self.data_dir, self.env)
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """The dead letters, as ``rulebus dlq ls`` prints them."""
+        out = self.cli("dlq", "ls", check=True).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    @classmethod
+    def stop_all(cls) -> None:
+        """Stop every server a test started that still runs (``running`` keeps them all)."""
+        for server in cls.running:
+            if server.proc is not None and server.proc.poll() is None:
+                server.stop(timeout=10)
+
     def post(
         self,
         path: str,
@@ -149,12 +193,13 @@ class Server:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> int:
+    def stop(self, timeout: float = 20) -> int:
+        """SIGTERM, and SIGKILL if it has not exited after ``timeout`` seconds."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -30,17 +30,19 @@ from tests.runtime.helpers import EXCHANGE, Server, cli
         ),
     ],
 )
-def test_errors_are_one_line(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+def test_errors_are_one_line(
+    tmp_path: Path, args: tuple[str, ...], message: str, backends: dict[str, str]
+) -> None:
     """Bad arguments print a single error line."""
     (tmp_path / "data").mkdir()
-    result = cli(*args, data_dir=tmp_path / "data")
+    result = cli(*args, data_dir=tmp_path / "data", env=backends)
     assert result.returncode != 0
     assert result.stderr.startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_reading_a_missing_data_dir_says_so(tmp_path: Path) -> None:
-    """Commands that read data need it to exist."""
+    """Commands that read embedded data need it to exist."""
     result = cli("dlq", "ls", data_dir=tmp_path / "nope")
     assert result.returncode == 1
     assert (
@@ -48,25 +50,27 @@ def test_reading_a_missing_data_dir_says_so(tmp_path: Path) -> None:
     )
 
 
-def test_bucket_get_of_a_missing_key_and_an_escaping_key(tmp_path: Path) -> None:
+def test_bucket_get_of_a_missing_key_and_an_escaping_key(
+    tmp_path: Path, backends: dict[str, str]
+) -> None:
     """Missing objects are not found; keys that would leave the bucket are refused."""
-    server = Server(EXCHANGE, tmp_path / "data").start()
+    server = Server(EXCHANGE, tmp_path / "data", backends).start()
     server.stop()
-    missing = cli("bucket", "get", "fraud-archive", "nope.json", data_dir=tmp_path / "data")
+    missing = server.cli("bucket", "get", "fraud-archive", "nope.json")
     assert missing.returncode == 1
     assert "no object 'nope.json'" in missing.stderr
-    escaping = cli(
-        "bucket", "get", "fraud-archive", "../../bus.sqlite3", data_dir=tmp_path / "data"
-    )
+    escaping = server.cli("bucket", "get", "fraud-archive", "../../bus.sqlite3")
     assert escaping.returncode == 2
     assert "invalid object key" in escaping.stderr
 
 
-def test_up_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
+def test_up_on_a_busy_port_is_one_line(tmp_path: Path, backends: dict[str, str]) -> None:
     """A port in use is reported, not thrown."""
-    server = Server(EXCHANGE, tmp_path / "data").start()
+    server = Server(EXCHANGE, tmp_path / "data", backends).start()
     try:
-        result = cli("up", str(EXCHANGE), "--port", str(server.port), data_dir=tmp_path / "d2")
+        result = cli(
+            "up", str(EXCHANGE), "--port", str(server.port), data_dir=tmp_path / "d2", env=backends
+        )
         assert result.returncode == 1
         assert result.stderr.strip().startswith(f"error: cannot listen on 127.0.0.1:{server.port}")
     finally:

@@ -10,8 +10,6 @@ from tests.runtime.helpers import (
     EXCHANGE,
     Receiver,
     Server,
-    cli,
-    scan,
     verify_signature,
     wait_until,
 )
@@ -24,9 +22,15 @@ def test_every_event_is_archived_and_flagged_buys_are_archived_and_notified(
     run_exchange_flow(exchange, receiver)
 
 
-def test_the_whole_flow_works_in_a_single_process(tmp_path: Path, receiver: Receiver) -> None:
+def test_the_whole_flow_works_in_a_single_process(
+    tmp_path: Path, receiver: Receiver, backends: dict[str, str]
+) -> None:
     """``up --single-process`` runs the engine beside the API with the same results."""
-    env = {"RULEBUS_FRAUD_WEBHOOK_URL": receiver.url, "RULEBUS_FRAUD_WEBHOOK_SECRET": SECRET}
+    env = {
+        **backends,
+        "RULEBUS_FRAUD_WEBHOOK_URL": receiver.url,
+        "RULEBUS_FRAUD_WEBHOOK_SECRET": SECRET,
+    }
     server = Server(EXCHANGE, tmp_path / "data", env, "--single-process").start()
     try:
         assert server.worker_pids() == []
@@ -47,16 +51,14 @@ def run_exchange_flow(exchange: Server, receiver: Receiver) -> None:
 
     wait_until(lambda: len(receiver.received) >= len(fraud) and exchange.idle(), what="pipeline")
 
-    rows = scan("events", exchange.data_dir)
+    rows = exchange.scan("events")
     assert {row["id"]: row["type"] for row in rows} == ids
     assert all(row["price"] >= 100 for row in rows)
 
-    keys = cli("bucket", "ls", "fraud-archive", data_dir=exchange.data_dir, check=True).stdout
+    keys = exchange.cli("bucket", "ls", "fraud-archive", check=True).stdout
     assert sorted(keys.split()) == sorted(f"{id_}.json" for id_ in fraud)
     some = next(iter(fraud))
-    body = cli(
-        "bucket", "get", "fraud-archive", f"{some}.json", data_dir=exchange.data_dir, check=True
-    ).stdout
+    body = exchange.cli("bucket", "get", "fraud-archive", f"{some}.json", check=True).stdout
     assert json.loads(body)["id"] == some
 
     assert sorted(r.json()["id"] for r in receiver.received) == sorted(fraud)
@@ -83,7 +85,7 @@ def test_an_event_id_given_by_the_client_is_kept_and_a_repeat_is_a_duplicate(
     assert first.status_code == 202 and first.json()["duplicate"] is False
     assert again.status_code == 200 and again.json()["duplicate"] is True
     wait_until(exchange.idle, what="pipeline")
-    assert [row["id"] for row in scan("events", exchange.data_dir)] == ["order-1"]
+    assert [row["id"] for row in exchange.scan("events")] == ["order-1"]
 
 
 def test_batch_ingest_accepts_good_items_and_reports_each_bad_one(exchange: Server) -> None:
@@ -98,7 +100,7 @@ def test_batch_ingest_accepts_good_items_and_reports_each_bad_one(exchange: Serv
     assert "id" in results[0] and "id" in results[3]
     assert results[1]["error"] == "missing required field 'type'"
     assert results[2]["error"] == "expected a JSON object, got a string"
-    wait_until(lambda: len(scan("events", exchange.data_dir)) == 2, what="two rows")
+    wait_until(lambda: len(exchange.scan("events")) == 2, what="two rows")
 
 
 def test_batch_ingest_takes_ndjson(exchange: Server) -> None:
@@ -115,19 +117,17 @@ def test_generic_publish_reaches_rules_listening_on_that_topic(exchange: Server)
     """POST /topics/{topic} publishes any JSON; the archive rule picks up event/* topics."""
     response = exchange.post("/topics/event/refund", {"id": "r-1", "amount": 3})
     assert response.status_code == 202
-    wait_until(lambda: scan("events", exchange.data_dir), what="row")
-    assert scan("events", exchange.data_dir) == [{"id": "r-1", "amount": 3}]
+    wait_until(lambda: exchange.scan("events"), what="row")
+    assert exchange.scan("events") == [{"id": "r-1", "amount": 3}]
 
 
 def test_cli_publish_is_processed_by_the_running_app(exchange: Server) -> None:
-    """``rulebus publish`` appends to the bus on disk and the running engine picks it up."""
-    result = cli(
-        "publish", "event/sell", '{"id": "cli-1", "type": "sell"}', data_dir=exchange.data_dir
-    )
+    """``rulebus publish`` appends to the bus and the running engine picks it up."""
+    result = exchange.cli("publish", "event/sell", '{"id": "cli-1", "type": "sell"}')
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["topic"] == "event/sell"
-    wait_until(lambda: scan("events", exchange.data_dir), what="row")
-    assert scan("events", exchange.data_dir)[0]["id"] == "cli-1"
+    wait_until(lambda: exchange.scan("events"), what="row")
+    assert exchange.scan("events")[0]["id"] == "cli-1"
 
 
 def test_health(exchange: Server) -> None:

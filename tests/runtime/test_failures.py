@@ -1,10 +1,9 @@
 """Failed actions are retried with backoff, then handed to the error action and dead-lettered."""
 
-import json
 import textwrap
 from pathlib import Path
 
-from tests.runtime.helpers import Receiver, Server, cli, scan, wait_until
+from tests.runtime.helpers import Receiver, Server, wait_until
 
 APP = """
 tables:
@@ -35,32 +34,34 @@ def make_app(tmp_path: Path, url: str) -> Path:
     return app
 
 
-def test_a_receiver_that_recovers_gets_the_event_after_retries(tmp_path: Path) -> None:
+def test_a_receiver_that_recovers_gets_the_event_after_retries(
+    tmp_path: Path, backends: dict[str, str]
+) -> None:
     """Two 503s, then success: delivered once, nothing dead-lettered."""
     receiver = Receiver(fail_first=2)
-    server = Server(make_app(tmp_path, receiver.url), tmp_path / "data").start()
+    server = Server(make_app(tmp_path, receiver.url), tmp_path / "data", backends).start()
     try:
         assert server.post("/topics/alerts/disk", {"id": "a-1", "level": 5}).status_code == 202
         wait_until(lambda: receiver.received and server.idle(), what="delivery")
         assert receiver.attempts == 3
         assert [r.json() for r in receiver.received] == [{"id": "a-1", "level": 5}]
-        assert cli("dlq", "ls", data_dir=server.data_dir, check=True).stdout == ""
+        assert server.dead_letters() == []
     finally:
         server.stop()
         receiver.close()
 
 
 def test_a_receiver_that_never_recovers_ends_in_the_error_action_and_the_dlq(
-    tmp_path: Path,
+    tmp_path: Path, backends: dict[str, str]
 ) -> None:
     """After the configured attempts the error action gets an AWS-style payload and the
     dead letter can be listed and redriven once the receiver is back."""
     receiver = Receiver(status=500)
-    server = Server(make_app(tmp_path, receiver.url), tmp_path / "data").start()
+    server = Server(make_app(tmp_path, receiver.url), tmp_path / "data", backends).start()
     try:
         server.post("/topics/alerts/disk", {"id": "a-2", "level": 9})
         server.post("/topics/alerts/cpu", {"id": "a-3", "level": 1})  # WHERE is false
-        errors = wait_until(lambda: scan("errors", server.data_dir), what="error action")
+        errors = wait_until(lambda: server.scan("errors"), what="error action")
         assert receiver.attempts == 3
         (error,) = errors
         assert error["ruleName"] == "alert"
@@ -70,31 +71,30 @@ def test_a_receiver_that_never_recovers_ends_in_the_error_action_and_the_dlq(
         assert error["failures"][0]["failedAction"] == "notify"
         assert "answered 500" in error["failures"][0]["errorMessage"]
 
-        (letter,) = [
-            json.loads(line)
-            for line in cli("dlq", "ls", data_dir=server.data_dir, check=True).stdout.splitlines()
-        ]
+        (letter,) = server.dead_letters()
         assert letter["rule"] == "alert" and letter["payload"]["id"] == "a-2"
 
         receiver.status = None
-        redrive = cli("dlq", "redrive", str(letter["id"]), data_dir=server.data_dir)
+        redrive = server.cli("dlq", "redrive", str(letter["id"]))
         assert redrive.stdout.strip() == "redriven: 1"
         wait_until(lambda: receiver.received, what="redriven delivery")
         assert receiver.received[0].json() == {"id": "a-2", "level": 9}
         wait_until(server.idle, what="idle")
-        assert cli("dlq", "ls", data_dir=server.data_dir, check=True).stdout == ""
+        assert server.dead_letters() == []
     finally:
         server.stop()
         receiver.close()
 
 
-def test_a_client_error_from_the_receiver_is_not_retried(tmp_path: Path) -> None:
+def test_a_client_error_from_the_receiver_is_not_retried(
+    tmp_path: Path, backends: dict[str, str]
+) -> None:
     """A 400 will not get better: dead-lettered after one attempt."""
     receiver = Receiver(status=400)
-    server = Server(make_app(tmp_path, receiver.url), tmp_path / "data").start()
+    server = Server(make_app(tmp_path, receiver.url), tmp_path / "data", backends).start()
     try:
         server.post("/topics/alerts/disk", {"id": "a-4", "level": 9})
-        wait_until(lambda: scan("errors", server.data_dir), what="error action")
+        wait_until(lambda: server.scan("errors"), what="error action")
         assert receiver.attempts == 1
     finally:
         server.stop()

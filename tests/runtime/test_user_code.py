@@ -1,10 +1,9 @@
 """User code and runaway rules cannot stop the engine or fill the disk."""
 
-import json
 import textwrap
 from pathlib import Path
 
-from tests.runtime.helpers import Server, cli, scan, wait_until
+from tests.runtime.helpers import Server, wait_until
 
 APP = """
 tables:
@@ -50,32 +49,29 @@ def make_app(tmp_path: Path) -> Path:
     return app
 
 
-def dead_letters(data: Path) -> list[dict]:
-    out = cli("dlq", "ls", data_dir=data, check=True).stdout
-    return [json.loads(line) for line in out.splitlines()]
-
-
-def test_a_handler_that_calls_sys_exit_fails_its_delivery_only(tmp_path: Path) -> None:
+def test_a_handler_that_calls_sys_exit_fails_its_delivery_only(
+    tmp_path: Path, backends: dict[str, str]
+) -> None:
     """sys.exit in a function is an action failure: retried, dead-lettered, and the
     engine goes on with other events."""
-    server = Server(make_app(tmp_path), tmp_path / "data").start()
+    server = Server(make_app(tmp_path), tmp_path / "data", backends).start()
     workers = wait_until(lambda: len(server.worker_pids()) == 2 and server.worker_pids())
     server.post("/topics/jobs/quit", {"id": "q-1"})
     server.post("/topics/jobs/other", {"id": "o-1"})
-    letters = wait_until(lambda: dead_letters(server.data_dir), what="a dead letter")
+    letters = wait_until(server.dead_letters, what="a dead letter")
     assert letters[0]["rule"] == "call-quitter"
     assert "SystemExit" in letters[0]["failures"][0]["errorMessage"]
-    assert {row["id"] for row in scan("seen", server.data_dir)} == {"q-1", "o-1"}
+    wait_until(lambda: {row["id"] for row in server.scan("seen")} == {"q-1", "o-1"}, what="rows")
     assert server.worker_pids() == workers  # never restarted: none died
 
 
 def test_a_rule_that_republishes_into_its_own_filter_stops_after_16_hops(
-    tmp_path: Path,
+    tmp_path: Path, backends: dict[str, str]
 ) -> None:
     """A loop the loader cannot see is cut by the hop limit, and dead-lettered."""
-    server = Server(make_app(tmp_path), tmp_path / "data").start()
+    server = Server(make_app(tmp_path), tmp_path / "data", backends).start()
     server.post("/topics/loop/a", {"n": 1})
-    letters = wait_until(lambda: dead_letters(server.data_dir), what="a dead letter")
+    letters = wait_until(server.dead_letters, what="a dead letter")
     assert "passed through 16 rules" in letters[0]["failures"][0]["errorMessage"]
     wait_until(server.idle, what="idle")
     assert server.stats()["head"] == 17  # the original and 16 republished copies

@@ -80,14 +80,16 @@ class DeadLetter:
 class BusStats:
     """What a bus can tell about its backlog.
 
-    ``head`` is the position of the last event appended and ``dispatched``
-    the one up to which every event has been dispatched to its rules.
+    ``head`` is the position of the last event appended (on NATS, of the
+    last message) and ``dispatched`` the one up to which every event has been
+    dispatched to its rules, in the same unit.
     """
 
     head: int
     dispatched: int
     retrying: int
     dead_letters: int
+    engines: int  # engine processes dispatching now (the embedded log: its partitions)
 
 
 # An event's partition key, or None where it has none (see rulebus.engine.keys).

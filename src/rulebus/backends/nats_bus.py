@@ -86,7 +86,10 @@ ATOMIC_EVENTS = 100  # events with derived ids in one atomic batch (the server a
 ATOMIC_DUPLICATE = 10201  # "atomic publish batch contains duplicate message id"
 CONNECT_TIMEOUT = 10.0  # seconds start-up waits for a first connection
 PUBLISH_TIMEOUT = 10.0  # seconds an append waits for JetStream's acknowledgement
-DEFAULT_SLOTS = 16
+# Slots cap how many engine processes share the work; each is a message per
+# group commit. 16 against 4 slots: 5,600 against 15,400 appends/s of fresh
+# events from 64 concurrent appenders (one run each, side by side).
+DEFAULT_SLOTS = 8
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,7 @@ class NatsBus:
         # Fresh events waiting for the next message of their slot.
         self._batches: dict[int, list[_Waiting]] = {}
         self._flusher: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[tuple[int, bool, Event]] = asyncio.Queue(QUEUE)
+        self._queue: asyncio.Queue[tuple[_Slot, bool, Event]] = asyncio.Queue(QUEUE)
         self._retries: dict[str, tuple[int, Retry]] = {}  # KV key -> (slot, retry)
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: Any = None
@@ -389,6 +392,20 @@ class NatsBus:
 
     async def _on_reconnect(self) -> None:
         log.warning("reconnected to NATS at %s", self.settings.url)
+        # The slots' ordered consumers would find out by missing heartbeats,
+        # 10 s or more later (a restarted server forgets them): read the
+        # slots anew from their cursors now.
+        async with self._lease_lock:
+            for old in list(self._slots.values()):
+                if old.releasing:
+                    continue
+                await self._stop_reading(old)
+                fresh = _Slot(old.number, old.revision, old.cursor, old.renewed, whole=old.whole)
+                try:
+                    await self._read_slot(fresh)
+                except Exception as exc:
+                    log.warning("slot %d: cannot read it again: %s", old.number, _reason(exc))
+                    self._slots.pop(old.number, None)
 
     @property
     def kv(self) -> KeyValue:
@@ -530,12 +547,19 @@ class NatsBus:
                 if pending is not None:
                     dispatched = min(dispatched, pending - 1)
             retrying = len(await self._keys("", self.retry_kv))
+            owners = set()
+            now = time.time()
+            for number in range(self.settings.slots):
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    state = codec.loads((await self.kv.get(f"slot.{number}")).value or b"{}")
+                    if state.get("owner") and state.get("until", 0) > now:
+                        owners.add(state["owner"])
             dlq = await self._js.stream_info(self._dlq_stream)
         except RulebusError:
             raise
         except Exception as exc:
             raise Unavailable("bus", self.settings.url, _reason(exc)) from None
-        return BusStats(head, dispatched, retrying, int(dlq.state.messages))
+        return BusStats(head, dispatched, retrying, int(dlq.state.messages), len(owners))
 
     async def _cursor(self, number: int) -> tuple[int, bool]:
         """The slot's committed position, and whether that was the last event of its message."""
@@ -581,6 +605,9 @@ class NatsBus:
         self._watcher = await self.retry_kv.watch(">")
         await self._load_retries()
         await self._heartbeat()
+        # Processes started together (``up --workers 2``) see each other's
+        # heartbeat before taking slots, rather than one taking them all.
+        await asyncio.sleep(RENEW)
         await self._balance()
         self._tasks = [
             asyncio.create_task(self._lease_loop(), name="nats-leases"),
@@ -691,7 +718,15 @@ class NatsBus:
                 revision = await self.kv.update(key, value, last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             return  # another process claimed it first
-        slot = _Slot(number, revision, cursor, time.monotonic(), whole=whole)
+        await self._read_slot(_Slot(number, revision, cursor, time.monotonic(), whole=whole))
+
+    async def _read_slot(self, slot: _Slot) -> None:
+        """Own ``slot`` and read it from its cursor on.
+
+        Events an earlier reader of the slot queued are not delivered: they
+        belong to another ``_Slot`` (see ``read``), and this one reads them again.
+        """
+        number = slot.number
         self._slots[number] = slot
         slot.reader = await self._js.subscribe(
             f"{self._subject}.{number}",
@@ -719,7 +754,7 @@ class NatsBus:
             last = len(envelopes) - 1
             for i, envelope in enumerate(envelopes):
                 if base | i > slot.cursor:
-                    await queue.put((slot.number, i == last, _event(envelope, base | i)))
+                    await queue.put((slot, i == last, _event(envelope, base | i)))
             self._arrived.set()
 
         return on_message
@@ -763,10 +798,10 @@ class NatsBus:
         out: list[Event] = []
         queue = self._queue
         while len(out) < limit and not queue.empty():
-            number, last, event = queue.get_nowait()
-            slot = self._slots.get(number)
-            if slot is not None and not slot.releasing:  # not given up since it was read
-                self._slot_of[event.seq] = (number, last)
+            slot, last, event = queue.get_nowait()
+            # Not given up since it was read, nor read again by a newer reader.
+            if self._slots.get(slot.number) is slot and not slot.releasing:
+                self._slot_of[event.seq] = (slot.number, last)
                 out.append(event)
         return out
 

@@ -349,7 +349,8 @@ class SqliteBus:
         db = self._db
         (retrying,) = db.execute("SELECT count(*) FROM retries").fetchone()
         (dead,) = db.execute("SELECT count(*) FROM dead_letters").fetchone()
-        return BusStats(_head(db), _dispatched_through(db), int(retrying), int(dead))
+        (parts,) = db.execute("SELECT count(*) FROM dispatch_parts").fetchone()
+        return BusStats(_head(db), _dispatched_through(db), int(retrying), int(dead), int(parts))
 
     # -- this partition's share ----------------------------------------------
 
