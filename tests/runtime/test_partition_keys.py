@@ -108,6 +108,7 @@ def test_readings_of_one_key_are_tracked_in_order_by_two_workers(
     in order, and both processes get work."""
     data = tmp_path / "data"
     server = Server(make_app(tmp_path), data, backends, "--workers", "2").start()
+    wait_until(lambda: server.stats()["engines"] == 2, what="both engine processes at work")
     send(server, 0, READINGS)
     rows = wait_until(
         lambda: (r := audited(data, backends)) and len(r) == len(SENSORS) * READINGS and r,
