@@ -258,6 +258,8 @@ class NatsBus:
         self._flusher: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[tuple[_Slot, bool, Event]] = asyncio.Queue(QUEUE)
         self._retries: dict[str, tuple[int, Retry]] = {}  # KV key -> (slot, retry)
+        self._retry_keys: dict[tuple[str, str], str] = {}  # (event id, rule) -> KV key
+        self._background: set[asyncio.Future[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: Any = None
         self._lease_lock = asyncio.Lock()
@@ -383,6 +385,18 @@ class NatsBus:
         self._nc = None
 
     async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # Should not happen (no limits on the readers), but a message was
+            # dropped: read the slot anew from its cursor rather than skip it.
+            for slot in list(self._slots.values()):
+                if slot.reader is not None and slot.reader is exc.sub:
+                    log.warning("slot %d: messages dropped; reading it again", slot.number)
+                    # Not here: this runs on nats-py's reading task, which
+                    # the new subscription's request needs.
+                    task = asyncio.ensure_future(self._reread(slot))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+            return
         log.debug("NATS: %s", exc)
 
     async def _on_disconnect(self) -> None:
@@ -395,17 +409,23 @@ class NatsBus:
         # The slots' ordered consumers would find out by missing heartbeats,
         # 10 s or more later (a restarted server forgets them): read the
         # slots anew from their cursors now.
+        for slot in list(self._slots.values()):
+            task = asyncio.ensure_future(self._reread(slot))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _reread(self, old: _Slot) -> None:
+        """Read a slot of ours again from its cursor, with a new reader."""
         async with self._lease_lock:
-            for old in list(self._slots.values()):
-                if old.releasing:
-                    continue
-                await self._stop_reading(old)
-                fresh = _Slot(old.number, old.revision, old.cursor, old.renewed, whole=old.whole)
-                try:
-                    await self._read_slot(fresh)
-                except Exception as exc:
-                    log.warning("slot %d: cannot read it again: %s", old.number, _reason(exc))
-                    self._slots.pop(old.number, None)
+            if self._slots.get(old.number) is not old or old.releasing:
+                return
+            await self._stop_reading(old)
+            fresh = _Slot(old.number, old.revision, old.cursor, old.renewed, whole=old.whole)
+            try:
+                await self._read_slot(fresh)
+            except Exception as exc:
+                log.warning("slot %d: cannot read it again: %s", old.number, _reason(exc))
+                await self._release(fresh)
 
     @property
     def kv(self) -> KeyValue:
@@ -718,7 +738,13 @@ class NatsBus:
                 revision = await self.kv.update(key, value, last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             return  # another process claimed it first
-        await self._read_slot(_Slot(number, revision, cursor, time.monotonic(), whole=whole))
+        slot = _Slot(number, revision, cursor, time.monotonic(), whole=whole)
+        try:
+            await self._read_slot(slot)
+        except Exception as exc:
+            # Not read, so not ours: let another process (or the next round) take it.
+            log.warning("slot %d: cannot read it: %s", number, _reason(exc))
+            await self._release(slot)
 
     async def _read_slot(self, slot: _Slot) -> None:
         """Own ``slot`` and read it from its cursor on.
@@ -728,8 +754,16 @@ class NatsBus:
         """
         number = slot.number
         self._slots[number] = slot
-        slot.reader = await self._js.subscribe(
-            f"{self._subject}.{number}",
+        try:
+            slot.reader = await self._subscribe(slot)
+        except Exception:
+            del self._slots[number]
+            raise
+        log.debug("slot %d: taken, reading after position %d", number, slot.cursor)
+
+    async def _subscribe(self, slot: _Slot) -> Any:
+        return await self._js.subscribe(
+            f"{self._subject}.{slot.number}",
             stream=self._stream,
             ordered_consumer=True,
             config=api.ConsumerConfig(
@@ -739,9 +773,13 @@ class NatsBus:
                 opt_start_seq=max(slot.cursor >> SHIFT, 1),
             ),
             cb=self._reader(slot),
-            pending_msgs_limit=QUEUE,
+            # nats-py drops what does not fit its buffer after it has counted
+            # it as read, so a gap would go unseen: no limit here, the
+            # server's flow control (answered as the callback takes
+            # messages) bounds the buffer instead.
+            pending_msgs_limit=0,
+            pending_bytes_limit=0,
         )
-        log.debug("slot %d: taken, reading after position %d", number, slot.cursor)
 
     def _reader(self, slot: _Slot) -> Any:
         queue = self._queue
@@ -797,10 +835,15 @@ class NatsBus:
     async def read(self, limit: int) -> list[Event]:
         out: list[Event] = []
         queue = self._queue
+        # A lease not renewed lately may be another process's by now.
+        stale = time.monotonic() - (LEASE - 2 * RENEW)
         while len(out) < limit and not queue.empty():
             slot, last, event = queue.get_nowait()
             # Not given up since it was read, nor read again by a newer reader.
             if self._slots.get(slot.number) is slot and not slot.releasing:
+                if slot.renewed < stale:
+                    await self._drop(slot)
+                    continue
                 self._slot_of[event.seq] = (slot.number, last)
                 out.append(event)
         return out
@@ -814,12 +857,12 @@ class NatsBus:
 
     async def commit(self, events: Sequence[Event], retries: Sequence[Retry]) -> None:
         await asyncio.gather(*(self._put_retry(self._number(r.event), r) for r in retries))
-        through: dict[int, tuple[int, bool]] = {}
-        for event in events:
-            read = self._slot_of.pop(event.seq, None)
-            if read is not None and event.seq > through.get(read[0], (0, True))[0]:
-                through[read[0]] = (event.seq, read[1])
         async with self._lease_lock:
+            through: dict[int, tuple[int, bool]] = {}
+            for event in events:
+                read = self._slot_of.get(event.seq)
+                if read is not None and event.seq > through.get(read[0], (0, True))[0]:
+                    through[read[0]] = (event.seq, read[1])
             # One write per slot, all at once: each is a round trip and an fsync.
             moved = [
                 (slot, seq, whole)
@@ -831,6 +874,9 @@ class NatsBus:
                 if not ok:
                     log.warning("slot %d was taken over by another process", slot.number)
                     await self._drop(slot)
+            # Only now, so a commit that failed above is tried again whole.
+            for event in events:
+                self._slot_of.pop(event.seq, None)
 
     # -- failed deliveries ---------------------------------------------------
 
@@ -855,7 +901,7 @@ class NatsBus:
             "failures": [f.record() for f in retry.failures],
         }
         await self.retry_kv.put(key, codec.dumps(value))
-        self._retries[key] = (number, retry)
+        self._remember(key, number, retry)
 
     def _retry_from(self, key: str, data: bytes) -> tuple[int, Retry]:
         value = codec.loads(data)
@@ -880,45 +926,66 @@ class NatsBus:
                 entry = await self._watcher.updates(timeout=60)
             except nats.errors.TimeoutError:
                 continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("watching retries failed (%s); watching again", _reason(exc))
+                await asyncio.sleep(RENEW)
+                with contextlib.suppress(Exception):
+                    self._watcher = await self.retry_kv.watch(">")
+                continue
             if entry is not None:
                 self._apply(entry)
 
     def _apply(self, entry: Any) -> None:
         if entry.operation in ("DEL", "PURGE") or not entry.value:
-            self._retries.pop(entry.key, None)
+            self._forget(entry.key)
         else:
-            self._retries[entry.key] = self._retry_from(entry.key, entry.value)
+            self._remember(entry.key, *self._retry_from(entry.key, entry.value))
+
+    def _remember(self, key: str, number: int, retry: Retry) -> None:
+        self._retries[key] = (number, retry)
+        self._retry_keys[(retry.event.id, retry.rule)] = key
+
+    def _forget(self, key: str) -> None:
+        held = self._retries.pop(key, None)
+        if held is not None:
+            self._retry_keys.pop((held[1].event.id, held[1].rule), None)
 
     async def due(self, now: float, limit: int) -> list[Retry]:
+        slots = self._slots
         mine = [
             retry
             for number, retry in self._retries.values()
-            if number in self._slots and retry.due_at <= now
+            if retry.due_at <= now
+            and (slot := slots.get(number)) is not None
+            and not slot.releasing
         ]
         mine.sort(key=lambda r: r.due_at)
         return mine[:limit]
 
     def _key_of(self, retry: Retry) -> str | None:
-        for key, (_, held) in self._retries.items():
-            if held.event.id == retry.event.id and held.rule == retry.rule:
-                return key
-        return None
+        return self._retry_keys.get((retry.event.id, retry.rule))
 
     async def reschedule(self, retry: Retry) -> None:
         key = self._key_of(retry)
-        number = int(key.split(".")[0]) if key else None
-        await self._put_retry(number, retry)
+        if key is None:
+            return  # done or dead-lettered meanwhile (by the slot's new owner)
+        await self._put_retry(int(key.split(".")[0]), retry)
 
     async def done(self, retry: Retry) -> None:
         key = self._key_of(retry)
         if key is not None:
-            self._retries.pop(key, None)
+            self._forget(key)
             await self._kv_delete(key, self.retry_kv)
 
     async def dead_letter(self, retry: Retry) -> None:
+        key = self._key_of(retry)
         letter = {
             "event": codec.Fragment(_envelope(retry.event)),
             "seq": retry.event.seq,
+            # A redrive goes to the same slot: the one its partition key chose.
+            "slot": int(key.split(".")[0]) if key else self._slot(retry.event),
             "rule": retry.rule,
             "attempts": retry.attempts,
             "failed_at": time.time(),
@@ -965,7 +1032,7 @@ class NatsBus:
             if wanted is not None and seq not in wanted:
                 continue
             event = _event(letter["event"], letter["seq"])
-            await self._put_retry(None, Retry(event, letter["rule"], 0, now, []))
+            await self._put_retry(letter.get("slot"), Retry(event, letter["rule"], 0, now, []))
             await self._js.delete_msg(self._dlq_stream, seq)
             count += 1
         return count

@@ -163,6 +163,10 @@ class Engine:
                 if task.exception() is not None:
                     break
                 done.append(inflight.popleft())
+            if not done and self._stopping.is_set():
+                # Stopping: what crashed stays unrecorded, for the next start.
+                log.warning("stopping with events from %s not recorded", inflight[0][0][0].id)
+                break
             if not done:
                 # The oldest batch crashed: nothing of it was recorded, so
                 # deliver it again after a pause (actions are idempotent).
@@ -285,8 +289,16 @@ class Engine:
             attempts += 1
             retry = self._retry(delivery.event, rule, attempts, failed, time.time())
             if attempts >= rule.retry.attempts or any(not f.retryable for f in retry.failures):
-                await self._give_up(retry, rule, delivery.event)
-                return
+                # The key moves on only once the dead letter is kept.
+                while True:
+                    try:
+                        await self._give_up(retry, rule, delivery.event)
+                        return
+                    except Exception:
+                        if self._stopping.is_set():
+                            raise  # the batch stays unrecorded: delivered again after a restart
+                        log.exception("keeping a dead letter of rule %s failed", rule.name)
+                        await asyncio.sleep(1)
             await asyncio.sleep(retry.due_at - time.time())
             indices = retry.actions
 
