@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,11 @@ class Deployment:
     pids: list[int] = field(default_factory=list)
     single_path: str = "/event"
     batch_path: str = "/events"
+    # For stores that are not files here (S3): counts the fraud objects.
+    count_objects: Callable[[], int] | None = None
+    # When set, the run is complete only once it says the pipeline has nothing
+    # left to do (rulebus's /admin/stats): the evidence is then final.
+    settled: Callable[[], bool] | None = None
 
     @property
     def single_url(self) -> str:

@@ -16,6 +16,7 @@ class Sizes:
     latency_seconds: float  # figure 5: seconds at the steady rate
     latency_rate: float  # figure 5: events per second
     storage_n: int  # figure 7: rows of raw SQLite inserts
+    distributed_n: int  # figure 8: events through distributed rulebus and the peer
     batch_size: int = 1000  # items per POST /events, and rows per raw transaction
     batch_concurrency: int = 4  # batches in flight at once
     connections: int = 32  # figure 1's connections
@@ -30,6 +31,7 @@ QUICK = Sizes(
     latency_seconds=2,
     latency_rate=5_000,
     storage_n=20_000,
+    distributed_n=1_000,
 )
 FULL = Sizes(
     runs=3,
@@ -40,6 +42,7 @@ FULL = Sizes(
     latency_seconds=20,
     latency_rate=5_000,
     storage_n=1_000_000,
+    distributed_n=50_000,
 )
 
 

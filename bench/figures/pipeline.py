@@ -47,7 +47,9 @@ def wait_done(
     """Poll until the evidence is complete; return (time.time() then, final counts).
 
     The cheap checks come first and the costlier ones only once the earlier are
-    met, so polling does not slow the pipeline it watches.
+    met, so polling does not slow the pipeline it watches. A deployment that can
+    say it has settled (``d.settled``) is done at the moment it says so and its
+    objects are there: they are counted after, and may take long to list (S3).
     """
     interval = 0.05 if rows <= 100_000 else 0.2
     seen: dict[str, int] = {"rows": 0, "objects": 0, "notifications": 0}
@@ -57,12 +59,18 @@ def wait_done(
             raise RuntimeError(f"load generator failed: {generator.stderr.read()[-500:]}")
         seen["rows"] = d.table.count(at_least=rows)
         if seen["rows"] >= rows:
-            if alerts and d.alerts_dir is not None:
-                seen["objects"] = count_files(d.alerts_dir)
-            if seen["objects"] >= alerts and hook is not None and alerts:
+            if hook is not None and alerts:
                 seen["notifications"] = receiver_counts(hook)["unique"]
-            if seen["objects"] >= alerts and seen["notifications"] >= alerts:
-                return time.time(), seen
+            if seen["notifications"] >= alerts and d.settled is not None:
+                seen["settled"] = int(d.settled())
+            if seen["notifications"] >= alerts and seen.get("settled", 1):
+                at = time.time()
+                if alerts and d.count_objects is not None:
+                    seen["objects"] = d.count_objects()
+                elif alerts and d.alerts_dir is not None:
+                    seen["objects"] = count_files(d.alerts_dir)
+                if seen["objects"] >= alerts:
+                    return (at if d.settled is not None else time.time()), seen
         now = time.monotonic()
         if seen != progress:
             progress, last_progress = dict(seen), now
