@@ -114,18 +114,9 @@ def test_nested_keys_are_objects(object_store: ObjectStore, runner: asyncio.Runn
 
 
 def test_list_yields_keys_in_lexicographic_order(
-    object_store: ObjectStore,
-    runner: asyncio.Runner,
-    store_url: str,
-    request: pytest.FixtureRequest,
+    object_store: ObjectStore, runner: asyncio.Runner
 ) -> None:
     """list yields keys in byte order, as S3 does, wherever '/' falls in them."""
-    if store_url == "file":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True, reason="the file store lists a folder's files before its subfolders"
-            )
-        )
     names = ["b", "a_z", "a/b", "a.json", "A", "a-", "a/b.c/d", "a/b-c"]
 
     async def main() -> None:

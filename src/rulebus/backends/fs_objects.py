@@ -276,14 +276,28 @@ class FileObjectStore:
             raise NotFound(f"no object {key!r} in bucket {bucket!r}") from None
 
     async def list(self, bucket: str, prefix: str = "") -> AsyncIterator[str]:
-        base = self._bucket(bucket)
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            rel = Path(dirpath).relative_to(base)
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                key = name if rel == Path(".") else f"{rel.as_posix()}/{name}"
+        # In byte order of the whole key, as S3 lists: a folder's entries
+        # are sorted with '/' after a folder's name, so "a/b" comes between
+        # "a.json" and "a_z".
+        stack = [(self._bucket(bucket), "")]
+        pending: list[tuple[str, Path | None]] = []
+        while stack:
+            folder, rel = stack.pop()
+            entries: list[tuple[str, Path | None]] = []
+            with os.scandir(folder) as scan:
+                for entry in scan:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        entries.append((f"{rel}{entry.name}/", Path(entry.path)))
+                    else:
+                        entries.append((f"{rel}{entry.name}", None))
+            pending = sorted([*pending, *entries], key=lambda e: e[0].encode(), reverse=True)
+            while pending:
+                key, path = pending.pop()
+                if path is not None:
+                    stack.append((path, key))
+                    break
                 if key.startswith(prefix):
                     yield key
 
