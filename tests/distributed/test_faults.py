@@ -45,13 +45,6 @@ EVENTS = 1000
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def deployment(
     request: pytest.FixtureRequest,
     tmp_path: Path,

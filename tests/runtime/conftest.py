@@ -99,13 +99,6 @@ def no_server_outlives_its_test() -> Iterator[None]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
-
-
-@pytest.fixture
 def exchange(tmp_path: Path, receiver: Receiver, backends: dict[str, str]) -> Iterator[Server]:
     """The exchange example on each set of backends, its webhook pointed at a local receiver."""
     env = {

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from rulebus.errors import BadInput
+from rulebus.errors import ActionError, BadInput
 from rulebus.events import Event
 
 
@@ -181,6 +181,20 @@ class DeliveryStore(Protocol):
 
 class Bus(EventLog, Consumer, DeliveryStore, Protocol):
     """The three faces of one backend. A process that only publishes uses the log alone."""
+
+
+def key_values(table: str, key: Sequence[str], item: dict[str, Any]) -> list[Any]:
+    """An item's values of the table's key fields; a missing one fails this item alone."""
+    values = []
+    for name in key:
+        value = item.get(name)
+        if value is None:
+            raise ActionError(
+                f"item for table {table!r} has no value for key field {name!r}",
+                retryable=False,
+            )
+        values.append(value)
+    return values
 
 
 class TableStore(Protocol):

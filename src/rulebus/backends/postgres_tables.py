@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from rulebus import codec
+from rulebus.backends.base import key_values
 from rulebus.backends.registry import redact
 from rulebus.backends.sqlite_tables import _quote
 from rulebus.errors import ActionError, NotFound, Unavailable
@@ -160,15 +161,7 @@ class PostgresTableStore:
         self._register(name, key)
 
     def _row(self, table: str, item: dict[str, Any]) -> list[str]:
-        values = []
-        for field in self._key_of(table):
-            value = item.get(field)
-            if value is None:
-                raise ActionError(
-                    f"item for table {table!r} has no value for key field {field!r}",
-                    retryable=False,
-                )
-            values.append(_key_text(value))
+        values = [_key_text(v) for v in key_values(table, self._key_of(table), item)]
         values.append(codec.dumps_str(item))
         return values
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rulebus import codec
+from rulebus.backends.base import key_values
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect
 from rulebus.errors import ActionError, NotFound
 
@@ -96,15 +97,7 @@ class SqliteTableStore:
             key = self._keys[table]
         except KeyError:
             raise NotFound(f"no table named {table!r}") from None
-        values = []
-        for field in key:
-            value = item.get(field)
-            if value is None:
-                raise ActionError(
-                    f"item for table {table!r} has no value for key field {field!r}",
-                    retryable=False,
-                )
-            values.append(_key_value(value))
+        values = [_key_value(v) for v in key_values(table, key, item)]
         values.append(codec.dumps(item))
         return self._put_sql[table], values
 
