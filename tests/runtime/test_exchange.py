@@ -121,17 +121,6 @@ def test_generic_publish_reaches_rules_listening_on_that_topic(exchange: Server)
     assert exchange.scan("events") == [{"id": "r-1", "amount": 3}]
 
 
-def test_a_topic_publish_without_an_id_is_archived_under_its_event_id(exchange: Server) -> None:
-    """An event published to a topic with no id in its body is archived, keyed by the id
-    the server gave it, rather than dead-lettered (the README's walk-through does this)."""
-    response = exchange.post("/topics/event/refund", {"amount": 3})
-    assert response.status_code == 202
-    event_id = response.json()["id"]
-    rows = wait_until(lambda: exchange.scan("events"), what="row")
-    assert rows == [{"id": event_id, "amount": 3}]
-    assert exchange.stats()["dead_letters"] == 0
-
-
 def test_cli_publish_is_processed_by_the_running_app(exchange: Server) -> None:
     """``rulebus publish`` appends to the bus and the running engine picks it up."""
     result = exchange.cli("publish", "event/sell", '{"id": "cli-1", "type": "sell"}')
