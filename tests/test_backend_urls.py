@@ -61,3 +61,20 @@ def test_data_commands_take_the_backend_from_the_environment(tmp_path: Path) -> 
     )
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot use tables at postgresql://127.0.0.1:1/db: ")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("s3://?endpoint=http://h:9000&region=x", "s3://?endpoint=http://h:9000&region=x"),
+        ("nats://me:pw@h:4222?stream=X&token=t0k", "nats://me:***@h:4222?stream=X&token=***"),
+        ("postgresql://me:pw@h/db?schema=s", "postgresql://me:***@h/db?schema=s"),
+        ("s3://?bucket_prefix=p-&secret=x", "s3://?bucket_prefix=p-&secret=***"),
+        ("sqlite", "sqlite"),
+    ],
+)
+def test_urls_in_messages_keep_their_shape_and_lose_their_secrets(url: str, shown: str) -> None:
+    """What messages show of a URL is the URL without its password, token or secret."""
+    from rulebus.backends.registry import redact
+
+    assert redact(url) == shown

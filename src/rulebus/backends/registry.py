@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from rulebus.errors import RulebusError
 
@@ -69,13 +69,17 @@ SECRET_OPTIONS = ("password", "token", "secret", "sslpassword")
 def redact(url: str) -> str:
     """``url`` without its password or secret options, fit for messages and logs."""
     parts = urlsplit(url)
+    netloc = parts.netloc
     if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{netloc}")
-    if parts.query:
-        query = [
+        netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+    query = parts.query
+    if query:
+        query = "&".join(
             f"{key}=***" if key.lower() in SECRET_OPTIONS else f"{key}={value}"
-            for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        parts = parts._replace(query="&".join(query))
-    return urlunsplit(parts)
+            for key, value in parse_qsl(query, keep_blank_values=True)
+        )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # Put together by hand: urlunsplit drops the "//" of "s3://?…", whose host is empty.
+    text = f"{parts.scheme}://{netloc}{parts.path}" if "://" in url else url.split("?")[0]
+    return f"{text}?{query}" if query else text
