@@ -78,3 +78,15 @@ def test_urls_in_messages_keep_their_shape_and_lose_their_secrets(url: str, show
     from rulebus.backends.registry import redact
 
     assert redact(url) == shown
+
+
+def test_a_data_file_that_is_not_sqlite_is_one_line(tmp_path: Path) -> None:
+    """A tables or bus file SQLite cannot read stops a command with one line naming it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "bus.sqlite3").write_bytes(b"not a database " * 20)
+    result = rulebus("dlq", "ls", tmp_path=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: cannot use bus at {data / 'bus.sqlite3'}: SQLite: file is not a database\n"
+    )

@@ -123,6 +123,20 @@ def test_the_exchange_example_checks_clean() -> None:
             "retry.max_backoff",
             "shorter than backoff",
         ),
+        (
+            GOOD.replace("    actions:", "    partition_key: ${a +}\n    actions:"),
+            7,
+            "rules.archive.partition_key",
+            "invalid template",
+        ),
+        (
+            GOOD.replace("    actions:", "    partition_key: ${a}\n    actions:")
+            + "  other:\n    sql: SELECT * FROM 'event/#'\n    partition_key: ${b}\n"
+            + "    actions:\n      - table: {name: events}\n",
+            12,
+            "rules.other.partition_key",
+            "both rules can match the same topic",
+        ),
     ],
 )
 def test_errors_name_file_line_and_key(

@@ -122,3 +122,25 @@ def test_a_filter_without_wildcards_matches_only_itself(parts: list[str]) -> Non
     text = "/".join(parts) or "z"
     assert TopicFilter(text).matches(text)
     assert not TopicFilter(text).matches(text + "/x")
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "overlap"),
+    [
+        ("event/+", "event/buy", True),
+        ("event/#", "event", True),
+        ("event/#", "alert/fraud", False),
+        ("event/buy", "event/sell", False),
+        ("+/buy", "event/+", True),
+        ("a/b", "a/b/c", False),
+        ("a/+/c", "a/b/#", True),
+        ("#", "anything/at/all", True),
+    ],
+)
+def test_filters_overlap_when_some_topic_matches_both(a: str, b: str, overlap: bool) -> None:
+    """Two filters overlap exactly when a topic exists that both match (either order)."""
+    from rulebus.sql.topics import filters_overlap
+
+    levels = (tuple(a.split("/")), tuple(b.split("/")))
+    assert filters_overlap(*levels) is overlap
+    assert filters_overlap(*reversed(levels)) is overlap

@@ -24,7 +24,7 @@ from typing import Any
 
 from rulebus import codec
 from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer, Retry, key_hash
-from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect
+from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect, opened
 from rulebus.events import Event
 
 SCHEMA = """
@@ -246,10 +246,15 @@ class SqliteBus:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        opened("bus", self.path, self._open)
+
+    def _open(self) -> None:
         conn = connect(self.path)
-        conn.executescript(SCHEMA)
-        _upgrade(conn)
-        conn.close()
+        try:
+            conn.executescript(SCHEMA)
+            _upgrade(conn)
+        finally:
+            conn.close()
         self._writer.start()
         self._reader = connect(self.path)
 

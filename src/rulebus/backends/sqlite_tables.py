@@ -10,7 +10,7 @@ from typing import Any
 
 from rulebus import codec
 from rulebus.backends.base import key_values
-from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect
+from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect, opened
 from rulebus.errors import ActionError, NotFound
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
@@ -46,6 +46,9 @@ class SqliteTableStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        opened("tables", self.path, self._open)
+
+    def _open(self) -> None:
         self._writer.start()
         self._reader = connect(self.path)
         self._load_existing()

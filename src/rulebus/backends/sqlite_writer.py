@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rulebus.backends.wakeups import settle_from_thread
+from rulebus.errors import Unavailable
 
 T = TypeVar("T")
 
@@ -33,6 +34,14 @@ CHECKPOINT_EVERY = 0.5  # seconds
 # against 16 MB: 8,562-10,277 against 8,755-10,182 events/s (the same within
 # this machine's noise), and 10 MB less peak RSS in the API process.
 WRITER_CACHE_KIB = 8_000
+
+
+def opened(what: str, path: Path, open_: Callable[[], None]) -> None:
+    """Run ``open_``; a file SQLite cannot use is ``Unavailable``, naming it and why."""
+    try:
+        open_()
+    except sqlite3.Error as exc:
+        raise Unavailable(what, str(path), f"SQLite: {exc}") from None
 
 
 def connect(path: Path, *, synchronous: str = "FULL") -> sqlite3.Connection:

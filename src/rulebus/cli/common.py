@@ -38,17 +38,23 @@ def _backend(kind: str, env: str, default: str, what: str) -> Callable[[F], F]:
     )
 
 
-def backends_option(command: F) -> F:
-    """``--bus``, ``--tables`` and ``--objects``, each also read from the environment."""
-    for option in reversed(
-        [
-            _backend("bus", "RULEBUS_BUS", "sqlite", "The event log: sqlite, or nats://host:port."),
-            _backend("tables", "RULEBUS_TABLES", "sqlite", "Tables: sqlite, or postgresql://..."),
-            _backend("objects", "RULEBUS_OBJECTS", "file", "Buckets: file, or s3://."),
-        ]
-    ):
-        command = option(command)
-    return command
+def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several click options as one decorator, in the order given."""
+
+    def decorate(command: F) -> F:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return decorate
+
+
+# ``--bus``, ``--tables`` and ``--objects``, each also read from the environment.
+backends_option = options(
+    _backend("bus", "RULEBUS_BUS", "sqlite", "The event log: sqlite, or nats://host:port."),
+    _backend("tables", "RULEBUS_TABLES", "sqlite", "Tables: sqlite, or postgresql://..."),
+    _backend("objects", "RULEBUS_OBJECTS", "file", "Buckets: file, or s3://."),
+)
 
 
 def backends(values: dict[str, Any]) -> Backends:

@@ -8,9 +8,9 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import uvloop
@@ -18,7 +18,7 @@ import uvloop
 from rulebus.api.server import serve
 from rulebus.backends.registry import is_embedded, redact
 from rulebus.backends.sqlite_bus import Partition
-from rulebus.cli.common import backends, backends_option, data_dir_option
+from rulebus.cli.common import backends, backends_option, data_dir_option, options
 from rulebus.errors import RulebusError
 from rulebus.logs import log_to_stderr
 from rulebus.runtime import Backends, Runtime
@@ -26,8 +26,6 @@ from rulebus.supervisor import settle_memory, signal_ready, stop_on_signals, sup
 from rulebus.template import App, load_app
 
 log = logging.getLogger("rulebus.cli")
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 READY_TIMEOUT = 60.0  # seconds ``up`` waits for its workers before it listens anyway
 # Two engine processes use both cores of a small machine; on more, SQLite's
@@ -79,7 +77,7 @@ def _listen(host: str, port: int) -> socket.socket:
         raise RulebusError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-listen_options = [
+listen_options = options(
     click.option("--host", default="127.0.0.1", show_default=True),
     click.option(
         "--port",
@@ -88,23 +86,14 @@ listen_options = [
         type=click.IntRange(0, 65535),
         help="0 picks a free port.",
     ),
-]
-
-
-def _with(options: list[Callable[[F], F]]) -> Callable[[F], F]:
-    def decorate(command: F) -> F:
-        for option in reversed(options):
-            command = option(command)
-        return command
-
-    return decorate
+)
 
 
 @click.command()
 @app_argument
 @data_dir_option
 @backends_option
-@_with(listen_options)
+@listen_options
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
@@ -147,7 +136,7 @@ def up(
 @app_argument
 @data_dir_option
 @backends_option
-@_with(listen_options)
+@listen_options
 @log_level_option
 def api(app_dir: Path, data_dir: Path, host: str, port: int, log_level: str, **chosen: Any) -> None:
     """Serve an app's HTTP API only; ``rulebus worker`` processes run its rules."""
