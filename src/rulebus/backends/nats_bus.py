@@ -171,6 +171,26 @@ def parse(url: str) -> Settings:
     )
 
 
+async def connect(settings: Settings, name: str, **callbacks: Any) -> Any:
+    """A client connection for ``settings``, the way every rulebus process connects."""
+    s = settings
+    return await nats.connect(
+        s.servers,
+        user=s.user,
+        password=s.password,
+        token=s.token,
+        user_credentials=s.creds,
+        tls=s.tls,
+        name=name,
+        connect_timeout=3,
+        # Once connected, keep reconnecting for as long as it takes:
+        # appends wait (and time out) meanwhile rather than fail fast.
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        **callbacks,
+    )
+
+
 _Waiting = tuple[bytes, "asyncio.Future[Appended]", Event]  # envelope, its caller, the event
 
 
@@ -301,19 +321,9 @@ class NatsBus:
             raise Unavailable("bus", s.url, f"JetStream: {_reason(exc)}") from None
 
     async def _connect(self) -> Any:
-        s = self.settings
-        return await nats.connect(
-            s.servers,
-            user=s.user,
-            password=s.password,
-            token=s.token,
-            tls=s.tls,
-            name=f"rulebus {self._me}",
-            connect_timeout=3,
-            # Once connected, keep reconnecting for as long as it takes:
-            # appends wait (and time out) meanwhile rather than fail fast.
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+        return await connect(
+            self.settings,
+            f"rulebus {self._me}",
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnect,
             reconnected_cb=self._on_reconnect,

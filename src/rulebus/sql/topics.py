@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from rulebus.errors import BadInput, SqlError
 
 #: AWS IoT allows at most 7 slashes, i.e. 8 levels, in a topic or filter.
@@ -58,11 +60,24 @@ class TopicFilter:
         return hash(self.text)
 
 
+# C0 and C1 control characters, DEL, and lone surrogates (what is left in a
+# str of bytes that were not UTF-8): a topic ends up in HTTP headers, file
+# names, log lines and other systems' subjects, where each of these breaks
+# something (a CR/LF splits a header, for one).
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _common_problem(text: str) -> str | None:
     if not text:
         return "it is empty"
-    if "\x00" in text:
-        return "it contains a NUL character"
+    bad = _FORBIDDEN.search(text)
+    if bad is not None:
+        char = bad.group()
+        if char == "\x00":
+            return "it contains a NUL character"
+        if "\ud800" <= char <= "\udfff":
+            return "it is not valid UTF-8"
+        return f"it contains the control character U+{ord(char):04X}"
     if len(text.encode("utf-8")) > MAX_BYTES:
         return f"it is longer than {MAX_BYTES} bytes"
     if text.count("/") >= MAX_LEVELS:
@@ -88,8 +103,9 @@ def validate_topic(topic: str) -> str:
 
     Raises :class:`~rulebus.errors.BadInput` for wildcards, an empty topic or an
     empty level (legal in MQTT, but always a mistake in a topic taken from an HTTP
-    path), more than 8 levels, a NUL, more than 256 UTF-8 bytes, or a leading
-    ``$`` (reserved for the system, as in AWS IoT).
+    path), more than 8 levels, a NUL or any other control character, text that
+    was not UTF-8, more than 256 UTF-8 bytes, or a leading ``$`` (reserved for
+    the system, as in AWS IoT).
     """
     problem = _common_problem(topic)
     if problem is None:
