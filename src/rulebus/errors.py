@@ -74,6 +74,18 @@ class BadInput(RulebusError):
         self.status = status
 
 
+class Unauthorized(BadInput):
+    """A request without a valid API key (401), or whose key may not do this (403)."""
+
+
+class RateLimited(BadInput):
+    """A key over its rate limit (429); ``retry_after`` is in whole seconds."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, status=429)
+        self.retry_after = retry_after
+
+
 class ActionError(RulebusError):
     """An action that failed; ``retryable`` says whether trying again may help."""
 

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 from fraud import is_fraud
 
-from tests.runtime.helpers import Receiver, child_env, free_port
+from tests.runtime.helpers import Receiver, child_env, free_port, make_key
 
 
 class AlertsStoredTwice(AssertionError):
@@ -135,12 +135,17 @@ class Proc:
 
 
 class Api(Proc):
-    def __init__(self, name: str, args: list[str], env: dict[str, str], port: int) -> None:
+    def __init__(
+        self, name: str, args: list[str], env: dict[str, str], port: int, key: str
+    ) -> None:
         super().__init__(name, args, env)
         self.url = f"http://127.0.0.1:{port}"
+        self.key = key
 
     def stats(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/admin/stats", timeout=30).json()  # type: ignore[no-any-return]
+        headers = {"authorization": f"Bearer {self.key}"}
+        response = httpx.get(self.url + "/admin/stats", headers=headers, timeout=30)
+        return response.json()  # type: ignore[no-any-return]
 
 
 class Deployment:
@@ -155,6 +160,7 @@ class Deployment:
         self.data_dir = data_dir
         self.env = child_env(env)
         self.procs: list[Proc] = []
+        self.key = ""  # an admin key, made when the first API process starts
 
     API_READY = "listening on"
     WORKER_READY = "running its rules on bus"
@@ -164,7 +170,9 @@ class Deployment:
         port = free_port()
         n = sum(isinstance(p, Api) for p in self.procs) + 1
         args = ["api", str(self.app), "--data-dir", str(self.data_dir), "--port", str(port)]
-        proc = Api(f"api-{n}", args, self.env, port)
+        if not self.key:
+            self.key = make_key(self.data_dir, self.env, scopes=("admin",))
+        proc = Api(f"api-{n}", args, self.env, port, self.key)
         self.procs.append(proc)
         proc.start(self.API_READY if wait else None)
         return proc

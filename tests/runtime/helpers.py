@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -21,6 +22,8 @@ from typing import Any, ClassVar
 
 import httpx
 
+from rulebus.backends.registry import open_store
+from rulebus.keys import ApiKey, new_key
 from tests.services.s3 import _CLEARED as AWS_CLEARED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +72,35 @@ def scan(table: str, data_dir: Path, env: dict[str, str] | None = None) -> list[
     return [json.loads(line) for line in out.splitlines()]
 
 
+ALL_SCOPES = ("ingest", "publish", "admin", "metrics")
+
+
+def make_key(
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    name: str = "tests",
+    scopes: tuple[str, ...] = ALL_SCOPES,
+    topics: tuple[str, ...] = ("#",),
+) -> str:
+    """A new API key, stored where ``rulebus keys create`` would (in this process:
+    a child per key would add half a second to every server started)."""
+    bus = (env or {}).get("RULEBUS_BUS", "sqlite")
+    key, lookup, digest = new_key()
+    record = ApiKey(name, lookup, digest, scopes, topics, created=int(time.time() * 1000))
+
+    async def create() -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = open_store("keys", bus, data_dir)
+        await store.open()
+        try:
+            await store.create(record)
+        finally:
+            await store.close()
+
+    asyncio.run(create())
+    return key
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -100,9 +132,12 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
+        self.key = ""  # an API key with every scope, made at the first start
 
     def start(self) -> Server:
         Server.running.append(self)
+        if not self.key:
+            self.key = make_key(self.data_dir, self.env)
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -166,13 +201,24 @@ class Server:
         *,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
+        key: str | None = None,
     ) -> httpx.Response:
+        """POST as the holder of ``key`` (default: the server's key with every scope;
+        "" for none)."""
         if content is None:
             content = json.dumps(body).encode()
+        headers = self._authorized(headers, key)
         return httpx.post(self.url + path, content=content, headers=headers, timeout=30)
 
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=30)
+    def get(self, path: str, key: str | None = None) -> httpx.Response:
+        return httpx.get(self.url + path, headers=self._authorized(None, key), timeout=30)
+
+    def _authorized(self, headers: dict[str, str] | None, key: str | None) -> dict[str, str]:
+        headers = dict(headers or {})
+        key = self.key if key is None else key
+        if key and not any(name.lower() == "authorization" for name in headers):
+            headers["authorization"] = f"Bearer {key}"
+        return headers
 
     def stats(self) -> dict[str, Any]:
         return self.get("/admin/stats").json()  # type: ignore[no-any-return]

@@ -1,5 +1,8 @@
 """The Starlette application: ingest routes from the app file plus built-in routes.
 
+Every route but ``/healthz`` (and app routes declared ``auth: none``) needs
+an API key with the route's scope (``SCOPE``), checked before the body is read.
+
 Errors become responses in one place (``_error``): a ``BadInput`` keeps its
 status, a ``NotFound`` is 404, an ``Unavailable`` backend a 503 that names it,
 anything else is a 500 with no details.
@@ -10,14 +13,17 @@ from __future__ import annotations
 import logging
 import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from rulebus import codec
+from rulebus.api.auth import Authenticator, require, require_topic
 from rulebus.api.ingest import (
     MAX_BATCH_BODY,
     MAX_BODY,
@@ -27,7 +33,9 @@ from rulebus.api.ingest import (
     route_event,
     topic_event,
 )
-from rulebus.errors import BadInput, NotFound, RulebusError, Unavailable
+from rulebus.errors import BadInput, NotFound, RateLimited, RulebusError, Unavailable
+from rulebus.keys import ApiKey
+from rulebus.sql import validate_topic
 from rulebus.template.model import RouteSpec
 
 if TYPE_CHECKING:
@@ -46,17 +54,20 @@ class JSON(Response):
 class Incoming:
     """What ingest reads from a request's headers, found in one pass over them."""
 
-    __slots__ = ("client_id", "content_length", "content_type")
+    __slots__ = ("authorization", "client_id", "content_length", "content_type")
 
     def __init__(self, request: Request) -> None:
         self.content_length: int | None = None
         self.content_type = ""
+        self.authorization: str | None = None
         given = None
         for name, value in request.scope["headers"]:
             if name == b"content-length":
                 self.content_length = int(value) if value.isdigit() else None
             elif name == b"content-type":
                 self.content_type = value.decode("latin-1")
+            elif name == b"authorization":
+                self.authorization = value.decode("latin-1")
             elif name == b"rulebus-client-id":
                 given = value.decode("latin-1")
         if given is not None:
@@ -88,14 +99,32 @@ async def read_body(request: Request, incoming: Incoming, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def build_api(runtime: Runtime) -> Starlette:
+#: The scopes that let a key use each built-in route (any one of them will do).
+SCOPE = {
+    "ingest": ("ingest",),  # the app's routes
+    "/topics": ("publish",),
+    "/admin/stats": ("admin", "metrics"),
+}
+
+
+def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
     bus = runtime.bus
 
+    async def caller(incoming: Incoming, route: str, what: str) -> ApiKey:
+        key = await auth.authenticate(incoming.authorization)
+        require(key, SCOPE[route], what)
+        return key
+
     def single(route: RouteSpec) -> Any:
+        what = f"POST {route.path}"
+
         async def endpoint(request: Request) -> Response:
             incoming = Incoming(request)
+            principal = None
+            if route.auth == "key":
+                principal = (await caller(incoming, "ingest", what)).name
             body = decode(await read_body(request, incoming, MAX_BODY))
-            event = route_event(route, body, incoming.client_id, now_ms())
+            event = route_event(route, body, incoming.client_id, now_ms(), principal)
             (appended,) = await bus.append([event])
             status = 200 if appended.duplicate else 202
             return JSON(
@@ -106,8 +135,13 @@ def build_api(runtime: Runtime) -> Starlette:
         return endpoint
 
     def batch(route: RouteSpec) -> Any:
+        what = f"POST {route.batch_path}"
+
         async def endpoint(request: Request) -> Response:
             incoming = Incoming(request)
+            principal = None
+            if route.auth == "key":
+                principal = (await caller(incoming, "ingest", what)).name
             body = await read_body(request, incoming, MAX_BATCH_BODY)
             items = decode_batch(body, incoming.content_type)
             ts = now_ms()
@@ -118,7 +152,7 @@ def build_api(runtime: Runtime) -> Starlette:
                 try:
                     if isinstance(item, BadInput):
                         raise item
-                    event = route_event(route, item, source, ts)
+                    event = route_event(route, item, source, ts, principal)
                 except BadInput as exc:
                     results.append({"error": exc.message, "status": exc.status})
                     continue
@@ -138,8 +172,11 @@ def build_api(runtime: Runtime) -> Starlette:
 
     async def publish(request: Request) -> Response:
         incoming = Incoming(request)
+        key = await caller(incoming, "/topics", "publish to topics")
+        topic = validate_topic(_path_topic(request))
+        require_topic(key, topic)
         body = decode(await read_body(request, incoming, MAX_BODY))
-        event = topic_event(request.path_params["topic"], body, incoming.client_id, now_ms())
+        event = topic_event(topic, body, incoming.client_id, now_ms(), key.name)
         await bus.append([event])
         return JSON({"id": event.id, "topic": event.topic}, status_code=202)
 
@@ -147,12 +184,13 @@ def build_api(runtime: Runtime) -> Starlette:
         return JSON({"status": "ok", "app": runtime.app.name})
 
     async def stats(request: Request) -> Response:
+        await caller(Incoming(request), "/admin/stats", "read /admin/stats")
         return JSON(await runtime.stats())
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/admin/stats", stats, methods=["GET"]),
-        Route("/topics/{topic:path}", publish, methods=["POST"]),
+        Route("/topics/{topic:anything}", publish, methods=["POST"]),
     ]
     for spec in runtime.app.routes:
         routes.append(Route(spec.path, single(spec), methods=["POST"]))
@@ -165,9 +203,49 @@ def build_api(runtime: Runtime) -> Starlette:
     )
 
 
+_TOPICS = b"/topics/"
+
+
+class _Anything(Convertor[str]):
+    """Like Starlette's ``path``, but across line breaks too: a topic with a CR or LF
+    in it is then refused with a message that says so, not a bare 404."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anything", _Anything())
+
+
+def _path_topic(request: Request) -> str:
+    """The topic in ``/topics/…``, percent-decoded as UTF-8, strictly.
+
+    The server's own decoding of the path turns bytes that are not UTF-8
+    into U+FFFD without a word; a topic would then differ from what was sent.
+    """
+    raw = request.scope.get("raw_path") or request.scope["path"].encode()
+    encoded = raw.split(b"?", 1)[0][len(_TOPICS) :]
+    try:
+        return unquote_to_bytes(encoded).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput("invalid topic: it is not valid UTF-8") from None
+
+
 async def _error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, RateLimited):
+        return JSON(
+            {"error": exc.message},
+            status_code=exc.status,
+            headers={"retry-after": str(exc.retry_after)},
+        )
     if isinstance(exc, BadInput):
-        return JSON({"error": exc.message}, status_code=exc.status)
+        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+        return JSON({"error": exc.message}, status_code=exc.status, headers=headers)
     if isinstance(exc, HTTPException):
         return JSON({"error": exc.detail}, status_code=exc.status_code)
     if isinstance(exc, NotFound):

@@ -99,7 +99,9 @@ def event_id(value: Any) -> str:
     return value
 
 
-def route_event(route: RouteSpec, body: Any, client_id: str | None, ts: int) -> Event:
+def route_event(
+    route: RouteSpec, body: Any, client_id: str | None, ts: int, principal: str | None = None
+) -> Event:
     """Validate a route's body, assign its id and render its topic."""
     if not isinstance(body, dict):
         raise BadInput(f"expected a JSON object, got {_json_kind(body)}")
@@ -111,7 +113,7 @@ def route_event(route: RouteSpec, body: Any, client_id: str | None, ts: int) -> 
         body[route.id_field] = new_id()
     id_ = event_id(body[route.id_field])
     topic = render_topic(route, body)
-    return Event(id_, topic, ts, body, client_id, raw=encode(body), fresh_id=fresh)
+    return Event(id_, topic, ts, body, client_id, principal, raw=encode(body), fresh_id=fresh)
 
 
 def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
@@ -132,9 +134,14 @@ def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
     return validate_topic("/".join(levels))
 
 
-def topic_event(topic: str, body: Any, client_id: str | None, ts: int) -> Event:
+def topic_event(
+    topic: str, body: Any, client_id: str | None, ts: int, principal: str | None = None
+) -> Event:
+    """An event published straight to ``topic``: a JSON object, as the routes take."""
     validate_topic(topic)
-    return Event(new_id(), topic, ts, body, client_id, raw=encode(body), fresh_id=True)
+    if not isinstance(body, dict):
+        raise BadInput(f"expected a JSON object, got {_json_kind(body)}")
+    return Event(new_id(), topic, ts, body, client_id, principal, raw=encode(body), fresh_id=True)
 
 
 def encode(payload: Any) -> bytes:

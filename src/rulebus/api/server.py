@@ -5,12 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
 from rulebus.api.app import build_api
+from rulebus.api.auth import Authenticator
+from rulebus.errors import RulebusError
 from rulebus.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class TLS:
+    """A certificate chain and its private key, both PEM files."""
+
+    cert: Path
+    key: Path
 
 
 class _Server(uvicorn.Server):
@@ -32,16 +45,28 @@ async def serve(
     stop: asyncio.Event,
     announce: Callable[[str], None],
     before_listening: Callable[[], Awaitable[None]] | None = None,
+    *,
+    auth: Authenticator,
+    tls: TLS | None = None,
 ) -> None:
     """Serve ``runtime``'s API on ``sock`` until ``stop`` is set or the server ends."""
     config = uvicorn.Config(
-        build_api(runtime),
+        build_api(runtime, auth),
         http="httptools",
         lifespan="off",
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=10,
+        ssl_certfile=tls.cert if tls else None,
+        ssl_keyfile=tls.key if tls else None,
     )
+    try:
+        config.load()  # reads the certificate now, to fail with a clear message
+    except (OSError, ssl.SSLError) as exc:
+        assert tls is not None
+        raise RulebusError(
+            f"cannot use --tls-cert {tls.cert} with --tls-key {tls.key}: {exc}"
+        ) from None
     server = _Server(config)
     if before_listening is not None:
         await before_listening()
@@ -50,7 +75,7 @@ async def serve(
     while not server.started and not serving.done():
         await asyncio.sleep(0.01)
     if server.started:
-        announce(f"http://{host}:{port}")
+        announce(f"{'https' if tls else 'http'}://{host}:{port}")
     await asyncio.wait(
         {serving, asyncio.ensure_future(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
     )

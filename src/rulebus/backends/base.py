@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from rulebus.errors import ActionError, BadInput
 from rulebus.events import Event
+from rulebus.keys import ApiKey
 
 
 @dataclass(slots=True)
@@ -273,3 +274,28 @@ def validate_key(key: str) -> str:
                 f"invalid object key {key!r}: use letters, digits and !_.*'()=@,:+- between '/'"
             )
     return key
+
+
+class KeyStore(Protocol):
+    """The API keys of an app, kept with its event log so that every API process sees them.
+
+    Keys are stored as :class:`~rulebus.keys.ApiKey` records (digests, never keys).
+    """
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create(self, key: ApiKey) -> None:
+        """Store a new key; ``BadInput`` (409) if its name is taken."""
+        ...
+
+    async def all(self) -> list[ApiKey]: ...
+
+    async def revoke(self, name: str) -> None:
+        """Delete a key; ``NotFound`` if there is none of that name."""
+        ...
+
+    async def touch(self, used: dict[str, int]) -> None:
+        """Record when keys were last used (name -> ms since the epoch)."""
+        ...

@@ -21,6 +21,12 @@ _BACKENDS: dict[str, dict[str, tuple[str, str | None]]] = {
         "nats": ("rulebus.backends.nats_bus", "nats"),
         "tls": ("rulebus.backends.nats_bus", "nats"),
     },
+    # API keys live with the event log, which every API process shares.
+    "keys": {
+        "sqlite": ("rulebus.backends.sqlite_keys", None),
+        "nats": ("rulebus.backends.nats_keys", "nats"),
+        "tls": ("rulebus.backends.nats_keys", "nats"),
+    },
     "tables": {
         "sqlite": ("rulebus.backends.sqlite_tables", None),
         "postgresql": ("rulebus.backends.postgres_tables", "postgres"),
@@ -43,19 +49,20 @@ def backend_module(kind: str, url: str) -> Any:
     """The module that implements ``kind`` for ``url``; a clear error when there is none."""
     known = _BACKENDS[kind]
     entry = known.get(scheme(url))
+    option = "--bus" if kind == "keys" else f"--{kind}"  # keys follow the bus
     if entry is None:
         schemes = ", ".join(sorted(known))
-        raise RulebusError(f"--{kind} {redact(url)}: unknown backend (known: {schemes})")
+        raise RulebusError(f"{option} {redact(url)}: unknown backend (known: {schemes})")
     module, extra = entry
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         hint = f" (pip install 'rulebus[{extra}]')" if extra else ""
-        raise RulebusError(f"--{kind} {redact(url)}: cannot load {module}: {exc}{hint}") from None
+        raise RulebusError(f"{option} {redact(url)}: cannot load {module}: {exc}{hint}") from None
 
 
 def open_store(kind: str, url: str, data_dir: Path, **options: Any) -> Any:
-    """A store of ``kind`` ("bus", "tables" or "objects") for ``url``, not yet opened."""
+    """A store of ``kind`` ("bus", "keys", "tables" or "objects") for ``url``, not yet opened."""
     return backend_module(kind, url).from_url(url, data_dir, **options)
 
 

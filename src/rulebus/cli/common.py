@@ -49,9 +49,11 @@ def options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return decorate
 
 
+bus_option = _backend("bus", "RULEBUS_BUS", "sqlite", "The event log: sqlite, or nats://host:port.")
+
 # ``--bus``, ``--tables`` and ``--objects``, each also read from the environment.
 backends_option = options(
-    _backend("bus", "RULEBUS_BUS", "sqlite", "The event log: sqlite, or nats://host:port."),
+    bus_option,
     _backend("tables", "RULEBUS_TABLES", "sqlite", "Tables: sqlite, or postgresql://..."),
     _backend("objects", "RULEBUS_OBJECTS", "file", "Buckets: file, or s3://."),
 )

@@ -15,8 +15,9 @@ from typing import Any
 import click
 import uvloop
 
-from rulebus.api.server import serve
-from rulebus.backends.registry import is_embedded, redact
+from rulebus.api.auth import Authenticator
+from rulebus.api.server import TLS, serve
+from rulebus.backends.registry import is_embedded, open_store, redact
 from rulebus.backends.sqlite_bus import Partition
 from rulebus.cli.common import backends, backends_option, data_dir_option, options
 from rulebus.errors import RulebusError
@@ -59,7 +60,8 @@ def check(app_dir: Path) -> None:
         click.echo(f"  rule {name}{state}: {rule.compiled.topic_filter.text} -> {actions}")
     for route in app.routes:
         batch = f" (batch: POST {route.batch_path})" if route.batch_path else ""
-        click.echo(f"  route POST {route.path} -> {route.topic}{batch}")
+        auth = "open to anyone" if route.auth == "none" else "needs a key with scope ingest"
+        click.echo(f"  route POST {route.path} -> {route.topic}{batch}, {auth}")
 
 
 def _subscribers(app: App) -> list[str]:
@@ -77,6 +79,8 @@ def _listen(host: str, port: int) -> socket.socket:
         raise RulebusError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+_PEM = click.Path(exists=True, dir_okay=False, path_type=Path)
+
 listen_options = options(
     click.option("--host", default="127.0.0.1", show_default=True),
     click.option(
@@ -86,7 +90,17 @@ listen_options = options(
         type=click.IntRange(0, 65535),
         help="0 picks a free port.",
     ),
+    click.option("--tls-cert", type=_PEM, help="Serve HTTPS with this certificate chain (PEM)."),
+    click.option("--tls-key", type=_PEM, help="The certificate's private key (PEM)."),
 )
+
+
+def _tls(cert: Path | None, key: Path | None) -> TLS | None:
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    return TLS(cert, key)
 
 
 @click.command()
@@ -111,6 +125,8 @@ def up(
     data_dir: Path,
     host: str,
     port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
     workers: int | None,
     single_process: bool,
     log_level: str,
@@ -120,6 +136,7 @@ def up(
     if single_process and workers is not None:
         raise click.UsageError("--workers and --single-process exclude each other")
     where = backends(chosen)
+    tls = _tls(tls_cert, tls_key)
     listener = log_to_stderr(log_level)
     try:
         app = load_app(app_dir)
@@ -127,7 +144,7 @@ def up(
         commands = None
         if not single_process:
             commands = _engine_commands(app_dir, data_dir, where, log_level, workers or WORKERS)
-        _run(_serve(app, data_dir, where, sock, commands))
+        _run(_serve(app, data_dir, where, sock, commands, tls))
     finally:
         listener.stop()
 
@@ -138,13 +155,23 @@ def up(
 @backends_option
 @listen_options
 @log_level_option
-def api(app_dir: Path, data_dir: Path, host: str, port: int, log_level: str, **chosen: Any) -> None:
+def api(
+    app_dir: Path,
+    data_dir: Path,
+    host: str,
+    port: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    log_level: str,
+    **chosen: Any,
+) -> None:
     """Serve an app's HTTP API only; ``rulebus worker`` processes run its rules."""
+    tls = _tls(tls_cert, tls_key)
     listener = log_to_stderr(log_level)
     try:
         app = load_app(app_dir)
         sock = _listen(host, port)
-        _run(_serve(app, data_dir, backends(chosen), sock, None, engine=False))
+        _run(_serve(app, data_dir, backends(chosen), sock, None, tls, engine=False))
     finally:
         listener.stop()
 
@@ -261,11 +288,18 @@ async def _serve(
     where: Backends,
     sock: socket.socket,
     commands: list[list[str]] | None,
+    tls: TLS | None,
     *,
     engine: bool = True,
 ) -> None:
     runtime = Runtime(app, data_dir, where, engine=engine and commands is None)
     await runtime.start()
+    auth = Authenticator(open_store("keys", where.bus, data_dir))
+    try:
+        await auth.start()
+    except BaseException:
+        await runtime.stop()
+        raise
     settle_memory()
     stop = asyncio.Event()
     stop_on_signals(stop)
@@ -289,10 +323,11 @@ async def _serve(
         click.echo(f"rulebus: app {app.name} listening on {url} ({stores})")
 
     try:
-        await serve(runtime, sock, stop, announce, engines_ready)
+        await serve(runtime, sock, stop, announce, engines_ready, auth=auth, tls=tls)
     finally:
         stop.set()
         if supervisor is not None:
             await supervisor
+        await auth.stop()
         await runtime.stop()
         click.echo("rulebus: stopped")

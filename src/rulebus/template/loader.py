@@ -32,7 +32,8 @@ APP_FILE = "rulebus.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _ROUTE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
-RESERVED_PATHS = ("/healthz", "/topics", "/admin")
+RESERVED_PATHS = ("/healthz", "/topics", "/admin", "/openapi.json", "/metrics", "/console")
+AUTH_MODES = ("key", "none")
 
 
 def load_app(path: Path | str) -> App:
@@ -54,7 +55,7 @@ def load_app(path: Path | str) -> App:
         functions=frozenset(app.functions),
     )
     app.rules = _rules(top.section("rules"), declared, app.retry)
-    app.routes = _routes(top.section("api"))
+    app.routes = _routes(top.section("api"), app.warnings)
     top.done()
     return app
 
@@ -287,7 +288,7 @@ def _action(spec: Options, rel: tuple[str | int, ...], item: object, declared: D
     return action
 
 
-def _routes(opts: Options) -> tuple[RouteSpec, ...]:
+def _routes(opts: Options, warnings: list[str]) -> tuple[RouteSpec, ...]:
     routes = opts.raw("routes")
     opts.done()
     if routes is None:
@@ -325,6 +326,15 @@ def _routes(opts: Options) -> tuple[RouteSpec, ...]:
                 route.fail("topic", f"invalid template: {exc}")
         required = route.str_list("required")
         id_field = route.text("id_field", "id")
+        auth = route.text("auth", "key")
+        if auth not in AUTH_MODES:
+            route.fail("auth", f"expected one of {', '.join(AUTH_MODES)}, got {auth!r}")
+        if auth == "none":
+            where = f"{route.source.file}:{route.source.line((*route.path, 'auth'))}"
+            warnings.append(
+                f"{where}: route {path} is open (auth: none): anyone who can reach the API"
+                " can publish to it"
+            )
         route.done()
-        out.append(RouteSpec(path, topic, tuple(levels), tuple(required), id_field, batch))
+        out.append(RouteSpec(path, topic, tuple(levels), tuple(required), id_field, batch, auth))
     return tuple(out)

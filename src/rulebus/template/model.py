@@ -74,6 +74,8 @@ class RouteSpec:
     required: tuple[str, ...]
     id_field: str
     batch_path: str | None
+    # "key": an API key with the ``ingest`` scope is required; "none": open to anyone.
+    auth: str = "key"
 
 
 @dataclass
