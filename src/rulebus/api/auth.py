@@ -1,8 +1,9 @@
 """Who is calling: API keys checked per request, with scopes, topic filters and rate limits.
 
-Each API process keeps the keys in memory and reads them again from the key
-store at most once a second, when a request needs them: a new key works, and
-a revoked one stops working, within about a second on every process. When
+Each API process keeps the keys in memory. It reads them again from the key
+store when a request brings a key it does not know (so a new key works at
+once), and at most once a second otherwise (so a revoked key stops working
+within about a second on every process). When
 the store cannot be read, the keys last read stay in force (and a warning is
 logged), so a short outage of the store does not lock everyone out.
 
@@ -26,7 +27,10 @@ from rulebus.keys import ApiKey
 
 log = logging.getLogger("rulebus.auth")
 
-REFRESH = 1.0  # seconds between reads of the key store, at most
+REFRESH = 1.0  # seconds between reads of the key store, at most, for known keys
+# Unknown keys make a read too, at most this often: a flood of made-up keys
+# costs the store 20 small reads a second, not one per request.
+MISS_SPACING = 0.05
 TOUCH_EVERY = 10.0  # seconds between writes of last-use times
 
 
@@ -43,6 +47,7 @@ class Authenticator:
         self._store = store
         self._keys: dict[str, ApiKey] = {}  # lookup id -> key
         self._loaded_at = -math.inf
+        self._load_started = -math.inf
         self._loading: asyncio.Task[None] | None = None
         self._buckets: dict[str, _Bucket] = {}
         self._used: dict[str, int] = {}
@@ -72,10 +77,14 @@ class Authenticator:
         if scheme.lower() != "bearer" or not given.strip():
             raise Unauthorized("expected Authorization: Bearer KEY", status=401)
         given = given.strip()
-        if time.monotonic() - self._loaded_at > REFRESH:
-            await self._reload()
+        asked = time.monotonic()
+        if asked - self._loaded_at > REFRESH:
+            await self._read_after(asked)
         lookup = keys.lookup_of(given)
         found = self._keys.get(lookup) if lookup is not None else None
+        if found is None and lookup is not None and self._load_started < asked:
+            await self._read_after(asked)  # perhaps made since the last read
+            found = self._keys.get(lookup)
         # Compared even when no key has this lookup id, so that both take as long.
         if not keys.matches(given, found or _NOBODY) or found is None:
             raise Unauthorized("unknown or revoked API key", status=401)
@@ -101,11 +110,25 @@ class Authenticator:
             )
         bucket.tokens -= 1.0
 
-    async def _reload(self) -> None:
-        # Concurrent requests share one read of the store.
-        if self._loading is None or self._loading.done():
+    async def _read_after(self, asked: float) -> None:
+        """Wait for a read of the store that started at ``asked`` or later.
+
+        Concurrent requests share one read; reads start at most every
+        ``MISS_SPACING`` seconds.
+        """
+        while self._load_started < asked:
+            task = self._loading
+            if task is not None and not task.done():
+                await asyncio.shield(task)
+                continue
+            wait = self._load_started + MISS_SPACING - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            self._load_started = time.monotonic()
             self._loading = asyncio.create_task(self._load())
-        await asyncio.shield(self._loading)
+        if self._loading is not None and not self._loading.done():
+            await asyncio.shield(self._loading)
 
     async def _load(self) -> None:
         try:

@@ -89,7 +89,9 @@ class Group(click.Group):
             result = super().main(args, prog_name, standalone_mode=False, **extra)
         except click.UsageError as exc:
             hint = f" (try '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            # Some of click's messages list choices one per line.
+            message = " ".join(exc.format_message().split())
+            click.echo(f"error: {message}{hint}", err=True)
             sys.exit(2)
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
