@@ -221,9 +221,9 @@ def test_the_api_serves_https_with_the_given_certificate(tmp_path: Path) -> None
     server.url = server.url.replace("http://", "https://")
     server.start()
     try:
-        assert any(
-            f"listening on https://127.0.0.1:{server.port}" in line for line in server.output
-        )
+        trusted = ssl.create_default_context(cafile=str(ca))
+        listening = f"listening on https://127.0.0.1:{server.port}"
+        assert any(listening in line for line in server.output)
         answer = httpx.get(server.url + "/healthz", verify=trusted)
         assert answer.json()["status"] == "ok"
         posted = httpx.post(
