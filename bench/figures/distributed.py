@@ -326,9 +326,12 @@ def count_s3_objects(s: Services, bucket: str) -> int:
         return 0
 
 
-def settled(base_url: str) -> bool:
+def settled(base_url: str, key: str) -> bool:
     """rulebus's ``/admin/stats``: all appended events dispatched, no retry waiting."""
-    with urllib.request.urlopen(base_url + "/admin/stats", timeout=10) as resp:
+    request = urllib.request.Request(
+        base_url + "/admin/stats", headers={"authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
         stats = json.load(resp)
     if stats["dead_letters"]:
         raise RuntimeError(f"rulebus dead-lettered deliveries: {stats}")
@@ -451,6 +454,10 @@ def distributed_rulebus(
         # The API first: it makes the streams, the schema and the bucket; then the
         # workers together, which takes a third of the time of one after the other.
         started.append(api.start())
+        key = subprocess.run(
+            [str(rulebus_command()), "keys", "create", "bench", "--scope", "metrics", *common[:4]],
+            capture_output=True, text=True, check=True, env={**os.environ, **env},
+        ).stdout.strip()  # fmt: skip
         errors: list[BaseException] = []
 
         def start(server: Server) -> None:
@@ -476,7 +483,7 @@ def distributed_rulebus(
                 None if s3 else home / "data" / "buckets" / "fraud-archive",
                 [api.pid, *(w.pid for w in workers), s.nats_pid, s.moto_pid],
                 count_objects=functools.partial(count_s3_objects, s, bucket) if s3 else None,
-                settled=functools.partial(settled, base),
+                settled=functools.partial(settled, base, key),
             ),
             functools.partial(postgres_backends, s.postgres_url, application),
         )
