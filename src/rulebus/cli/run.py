@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -103,6 +104,17 @@ def _tls(cert: Path | None, key: Path | None) -> TLS | None:
     return TLS(cert, key)
 
 
+def _listen_securely(host: str, port: int, tls: TLS | None) -> socket.socket:
+    sock = _listen(host, port)
+    if tls is None and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+        log.warning(
+            "serving plain HTTP on %s: API keys and events cross the network unencrypted;"
+            " use --tls-cert and --tls-key, or a TLS proxy in front",
+            host,
+        )
+    return sock
+
+
 @click.command()
 @app_argument
 @data_dir_option
@@ -140,7 +152,7 @@ def up(
     listener = log_to_stderr(log_level)
     try:
         app = load_app(app_dir)
-        sock = _listen(host, port)
+        sock = _listen_securely(host, port, tls)
         commands = None
         if not single_process:
             commands = _engine_commands(app_dir, data_dir, where, log_level, workers or WORKERS)
@@ -170,7 +182,7 @@ def api(
     listener = log_to_stderr(log_level)
     try:
         app = load_app(app_dir)
-        sock = _listen(host, port)
+        sock = _listen_securely(host, port, tls)
         _run(_serve(app, data_dir, backends(chosen), sock, None, tls, engine=False))
     finally:
         listener.stop()
