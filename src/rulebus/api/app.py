@@ -33,6 +33,7 @@ from rulebus.api.ingest import (
     route_event,
     topic_event,
 )
+from rulebus.api.openapi import openapi_endpoint
 from rulebus.errors import BadInput, NotFound, RateLimited, RulebusError, Unavailable
 from rulebus.keys import ApiKey
 from rulebus.sql import validate_topic
@@ -189,6 +190,7 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint(runtime.app), methods=["GET"]),
         Route("/admin/stats", stats, methods=["GET"]),
         Route("/topics/{topic:anything}", publish, methods=["POST"]),
     ]
