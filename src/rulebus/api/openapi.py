@@ -231,7 +231,7 @@ def _event_schema(route: RouteSpec) -> Schema:
                 "type": "string",
                 "pattern": f"^{_LEVEL_CHARS}{{1,128}}$",
                 "description": "A level of the topic: one word of 1-128 letters or digits"
-                " (of any script), `_ - : @ = ~`. A number or boolean is taken as its text.",
+                " (of any script), `_ - : @ = ~`. An integer or a boolean is taken as its text.",
             }
         )
         # Absent, it would render as an empty level: the event would be refused.
