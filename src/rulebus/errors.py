@@ -110,3 +110,17 @@ class Unavailable(RulebusError):
         self.what = what
         self.url = url
         self.reason = reason
+
+
+class DiskFull(Unavailable):
+    """A store that cannot write because the disk under ``directory`` is full.
+
+    Nothing of the write was kept; the same write works again once there is room.
+    """
+
+    def __init__(self, what: str, directory: str) -> None:
+        super().__init__(what, directory, f"the disk under {directory} is full")
+        self.directory = directory
+
+    def __str__(self) -> str:
+        return f"cannot store {self.what}: {self.reason}"

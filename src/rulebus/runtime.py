@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from rulebus.actions.base import Services
-from rulebus.backends.base import Bus, ObjectStore, TableStore
+from rulebus.backends.base import Appended, Bus, ObjectStore, TableStore
 from rulebus.backends.registry import DEFAULTS, is_embedded, open_store
 from rulebus.backends.sqlite_bus import Partition
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB
 from rulebus.engine.keys import keyer
 from rulebus.engine.runner import Engine
+from rulebus.errors import ActionError, Unavailable
+from rulebus.events import Event
 from rulebus.functions import FunctionHost
 from rulebus.notifications import Notifier
 from rulebus.template.model import App
@@ -115,6 +119,7 @@ class Runtime:
         self.engine: Engine | None = None
         self.notifier: Notifier | None = None
         self.functions: FunctionHost | None = None
+        self._compactor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -140,13 +145,44 @@ class Runtime:
             objects=self.objects,
             notifier=self.notifier,
             functions=self.functions,
-            publish=self.bus.append,
+            publish=self._publish,
             log=logging.getLogger("rulebus.rules"),
         )
         self.engine = Engine(self.app, self.bus, services)
         await self.engine.start()
+        if not self.app.retention.keeps_everything:
+            self._compactor = asyncio.create_task(self._compact(), name="compactor")
+
+    async def _publish(self, events: Sequence[Event]) -> list[Appended]:
+        """Append what actions publish; a bus that cannot take it now fails the action.
+
+        A full disk or an unreachable server is then a retryable action
+        failure, like any other, rather than an unexpected error logged for
+        every delivery.
+        """
+        try:
+            return await self.bus.append(events)
+        except Unavailable as exc:
+            raise ActionError(str(exc)) from None
+
+    async def _compact(self) -> None:
+        """Remove what the app's retention no longer keeps: at start, then every so often."""
+        retention = self.app.retention
+        while True:
+            try:
+                removed = await self.bus.compact(retention)
+            except Exception as exc:
+                log.warning("retention: compacting the event log failed: %s", exc)
+            else:
+                if removed:
+                    log.info("retention: removed %d entries from the event log", removed)
+            await asyncio.sleep(retention.compact_every)
 
     async def stop(self) -> None:
+        if self._compactor is not None:
+            self._compactor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._compactor
         if self.engine is not None:
             await self.engine.stop()
         if self.notifier is not None:

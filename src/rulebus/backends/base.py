@@ -6,11 +6,14 @@ import re
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rulebus.errors import ActionError, BadInput
 from rulebus.events import Event
 from rulebus.keys import ApiKey
+
+if TYPE_CHECKING:
+    from rulebus.template.model import RetentionSpec
 
 
 @dataclass(slots=True)
@@ -152,6 +155,17 @@ class Consumer(Protocol):
 
         After a crash, reading resumes after the last committed events; the
         retries are durable before the acknowledgement is.
+        """
+        ...
+
+    async def compact(self, retention: RetentionSpec) -> int:
+        """Remove from the log what ``retention`` no longer keeps; returns how many entries went.
+
+        An entry is an event on SQLite and a message (a batch of events) on
+        JetStream. Never removed: what is not dispatched and committed yet,
+        what a retry or a dead letter still reads from the log, and anything
+        younger than the duplicate window. Each engine process compacts its
+        share (which may be nothing), so none removes what another relies on.
         """
         ...
 

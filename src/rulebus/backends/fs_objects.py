@@ -19,12 +19,14 @@ from typing import Any
 
 from rulebus.backends.base import validate_bucket, validate_key
 from rulebus.backends.wakeups import Outcome, settle_from_thread
-from rulebus.errors import NotFound
+from rulebus.errors import ActionError, NotFound
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)  # Linux only
 _TMPFILE = _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC
 # What open() says where the file system or kernel has no O_TMPFILE.
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
+# A write refused for want of room (or quota): retryable, it fits once there is room.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
 # linkat() follows the /proc/self/fd link only when called with a directory
 # fd, which os.link does only when given one.
 _ROOT_FD = os.open("/", os.O_RDONLY | os.O_CLOEXEC)
@@ -151,9 +153,9 @@ class FileObjectStore:
         self._buckets[name] = path
 
     async def put(self, bucket: str, key: str, body: bytes) -> None:
-        path = self._path(bucket, key)
-        await self._writer.submit(path, body)
-        self._dirty.add(path)
+        (error,) = await self.put_many(bucket, [(key, body)])
+        if error is not None:
+            raise error
 
     def _write(self, path: str, body: bytes) -> None:
         # A reader never sees half an object, and a crash leaves either the
@@ -229,7 +231,11 @@ class FileObjectStore:
             try:
                 await future
             except Exception as exc:
+                full = isinstance(exc, OSError) and exc.errno in _NO_ROOM
                 errors[i] = exc
+                if full:
+                    message = f"cannot store the object: the disk under {self.root} is full"
+                    errors[i] = ActionError(message)
             else:
                 self._dirty.add(path)
         return errors

@@ -39,6 +39,12 @@ Retries are not JetStream redeliveries: a ``nak`` cannot say which of a
 rule's actions failed, and the retry state must survive the process. They
 are records in the key-value bucket, watched by every engine process, and
 run by the owner of the event's slot when due.
+
+Retention (:meth:`NatsBus.compact`): each engine process purges the slots it
+owns, up to their committed cursors, so no two processes purge one subject
+and none purges what another has yet to read. Retries and dead letters carry
+their events, and JetStream remembers message ids for its duplicate window
+whether or not the messages are still stored.
 """
 
 from __future__ import annotations
@@ -54,8 +60,9 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import nats
@@ -70,6 +77,9 @@ from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer
 from rulebus.backends.registry import redact
 from rulebus.errors import RulebusError, Unavailable
 from rulebus.events import Event
+
+if TYPE_CHECKING:
+    from rulebus.template.model import RetentionSpec
 
 log = logging.getLogger("rulebus.nats")
 # nats-py warns on every key listing that servers before 2.10 ignore filters;
@@ -91,6 +101,7 @@ PUBLISH_TIMEOUT = 10.0  # seconds an append waits for JetStream's acknowledgemen
 # events from 64 concurrent appenders (one run each, side by side).
 DEFAULT_SLOTS = 8
 OLDEST_SERVER = (2, 12)  # atomic batch publish
+NO_MESSAGE = 10037  # "no message found"
 
 
 @dataclass(frozen=True)
@@ -897,6 +908,52 @@ class NatsBus:
             # Only now, so a commit that failed above is tried again whole.
             for event in events:
                 self._slot_of.pop(event.seq, None)
+
+    async def compact(self, retention: RetentionSpec) -> int:
+        if retention.keeps_everything or not self._slots:
+            return 0
+        state = (await self._js.stream_info(self._stream)).state
+        if not state.messages:
+            return 0
+        first, last = int(state.first_seq), int(state.last_seq)
+        now = time.time()
+        cut = first  # messages before it may go
+        if retention.max_age is not None:
+            cut = await self._first_since(now - retention.max_age, last)
+        if retention.max_size is not None and state.bytes > retention.max_size:
+            # As many of the oldest messages as, at their average size, make up the excess.
+            excess = state.bytes - retention.max_size
+            cut = max(cut, first + math.ceil(excess * state.messages / state.bytes))
+        cut = min(cut, await self._first_since(now - retention.duplicate_window, last))
+        removed = 0
+        for slot in list(self._slots.values()):
+            # The cursor's message stays unless all its events were dispatched.
+            upto = min(cut, (slot.cursor >> SHIFT) + (1 if slot.whole else 0))
+            if upto > first:
+                answer = await self._api(
+                    f"STREAM.PURGE.{self._stream}",
+                    {"filter": f"{self._subject}.{slot.number}", "seq": upto},
+                )
+                removed += int(answer.get("purged", 0))
+        return removed
+
+    async def _first_since(self, at: float, last: int) -> int:
+        """The first message stored at or after ``at``: its sequence, or the last one's + 1."""
+        when = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+        answer = await self._api(f"STREAM.MSG.GET.{self._stream}", {"start_time": when})
+        message = answer.get("message")
+        return last + 1 if message is None else int(message["seq"])
+
+    async def _api(self, request: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A JetStream API request that nats-py does not offer (or whose answer it drops)."""
+        reply = await self._nc.request(
+            f"$JS.API.{request}", codec.dumps(body), timeout=PUBLISH_TIMEOUT
+        )
+        answer: dict[str, Any] = codec.loads(reply.data)
+        error = answer.get("error")
+        if error is not None and error.get("err_code") != NO_MESSAGE:
+            raise RulebusError(f"JetStream: {error.get('description')}")
+        return answer
 
     # -- failed deliveries ---------------------------------------------------
 

@@ -7,6 +7,11 @@ position. Each partition has its dispatch position in ``dispatch_parts``. A rule
 delivery state is its partition's position, the position from which the
 rule applies, and its rows in ``retries``. A delivery that exhausts its
 retries moves to ``dead_letters``.
+
+Retention (:meth:`SqliteBus.compact`) removes the oldest events that are done
+with, in chunks, and SQLite reuses the pages they free, so the file stops
+growing. An event's append time is not stored: each compaction records the
+head in ``log_marks``, and an event is as old as the last mark before it.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rulebus import codec
 from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer, Retry, key_hash
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect, opened
 from rulebus.events import Event
+
+if TYPE_CHECKING:
+    from rulebus.template.model import RetentionSpec
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -65,6 +73,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     attempts INTEGER NOT NULL,
     failed_at REAL NOT NULL,
     failures TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS log_marks (
+    at REAL PRIMARY KEY,
+    seq INTEGER NOT NULL
 );
 """
 
@@ -109,6 +121,9 @@ WHOLE_LOG = Partition()
 # log like it does after a restart, rather than hold them in memory for long.
 TAIL_CACHE_LIMIT = 4096
 
+
+# Events removed per transaction: each holds the write lock that ingest needs.
+COMPACT_CHUNK = 1000
 
 _Row = tuple[str, str, int, bytes, str | None, str | None, int, int | None]
 _INSERT_CHUNK = 112  # rows per INSERT statement: 896 parameters
@@ -178,6 +193,59 @@ def _dispatched_through(conn: sqlite3.Connection) -> int:
     return int(through)
 
 
+def _compaction_bounds(
+    conn: sqlite3.Connection, retention: RetentionSpec, now: float
+) -> tuple[int, int]:
+    """The positions through which events are old enough to go, and through which any may.
+
+    Records the head as of ``now`` first: events up to a mark made at time
+    T were all appended by T.
+    """
+    head = _head(conn)
+    conn.execute("INSERT OR REPLACE INTO log_marks (at, seq) VALUES (?, ?)", (now, head))
+    # Never the last event: SQLite numbers a new row max(seq) + 1, and no
+    # position may be given twice.
+    safe = min(_dispatched_through(conn), head - 1, _marked(conn, now - retention.duplicate_window))
+    old = 0 if retention.max_age is None else _marked(conn, now - retention.max_age)
+    # A later pass needs the last mark before its own cut-off times, or later ones.
+    oldest = now - max(retention.duplicate_window, retention.max_age or 0)
+    conn.execute(
+        "DELETE FROM log_marks WHERE at < (SELECT max(at) FROM log_marks WHERE at <= ?)", (oldest,)
+    )
+    return min(old, safe), safe
+
+
+def _marked(conn: sqlite3.Connection, at: float) -> int:
+    """The head as of the last mark at or before ``at`` (0: none so old)."""
+    (seq,) = conn.execute(
+        "SELECT coalesce(max(seq), 0) FROM log_marks WHERE at <= ?", (at,)
+    ).fetchone()
+    return int(seq)
+
+
+def _remove_oldest(conn: sqlite3.Connection, old: int, safe: int, max_size: int | None) -> int:
+    """Remove up to COMPACT_CHUNK of the oldest events that may go; returns how many went.
+
+    Through ``old`` if the file's pages in use are within ``max_size``, else
+    through ``safe``. Retries and dead letters read their events from here.
+    """
+    upto = old
+    if max_size is not None:
+        pages, free, page = (
+            conn.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("page_count", "freelist_count", "page_size")
+        )
+        if (pages - free) * page > max_size:
+            upto = safe
+    cursor = conn.execute(
+        "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ?"
+        " AND seq NOT IN (SELECT seq FROM retries) AND seq NOT IN (SELECT seq FROM dead_letters)"
+        " ORDER BY seq LIMIT ?)",
+        (upto, COMPACT_CHUNK),
+    )
+    return cursor.rowcount
+
+
 def _upgrade(conn: sqlite3.Connection) -> None:
     """Bring logs written by earlier versions up to date."""
     conn.execute("BEGIN IMMEDIATE")
@@ -234,7 +302,9 @@ class SqliteBus:
         self._cache_limit = TAIL_CACHE_LIMIT if dispatching else 0
         if keyer is not None and partition.count > 1:
             self._cache_limit = 0
-        self._writer = GroupCommitWriter(path, name="bus-writer", cache_kib=cache_kib)
+        self._writer = GroupCommitWriter(
+            path, name="bus-writer", cache_kib=cache_kib, what="events"
+        )
         self._reader: sqlite3.Connection | None = None
         self._tail: dict[int, Event] = {}
         self._read_to = 0  # the highest position read() has returned
@@ -423,7 +493,7 @@ class SqliteBus:
             )
             return int(start)
 
-        return await self._writer.submit(work)
+        return await self._writer.submit_patiently(work)
 
     async def _rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
         names = list(rules)
@@ -439,7 +509,7 @@ class SqliteBus:
             known.update(new)
             return {name: int(known[name]) for name in names}
 
-        return await self._writer.submit(work)
+        return await self._writer.submit_patiently(work)
 
     async def commit(self, events: Sequence[Event], retries: Sequence[Retry]) -> None:
         seq = max(e.seq for e in events)
@@ -464,7 +534,24 @@ class SqliteBus:
             )
             conn.execute("UPDATE dispatch_parts SET seq = max(seq, ?) WHERE part = ?", (seq, part))
 
-        await self._writer.submit(work)
+        await self._writer.submit_patiently(work)
+
+    async def compact(self, retention: RetentionSpec) -> int:
+        # The whole log is one engine process's job: partition 0's (or the only one's).
+        if self.partition.index != 0 or retention.keeps_everything:
+            return 0
+        old, safe = await self._writer.submit(
+            lambda conn: _compaction_bounds(conn, retention, time.time())
+        )
+        removed = 0
+        while True:
+            # A chunk a transaction, so appends wait for one chunk at most.
+            n = await self._writer.submit(
+                lambda conn: _remove_oldest(conn, old, safe, retention.max_size)
+            )
+            removed += n
+            if n < COMPACT_CHUNK:
+                return removed
 
     # -- failed deliveries ---------------------------------------------------
 
@@ -498,7 +585,7 @@ class SqliteBus:
             retry.event.seq,
             retry.rule,
         )
-        await self._writer.submit(
+        await self._writer.submit_patiently(
             lambda conn: conn.execute(
                 "UPDATE retries SET attempts = ?, due_at = ?, actions = ?, failures = ?"
                 " WHERE seq = ? AND rule = ?",
@@ -508,7 +595,7 @@ class SqliteBus:
 
     async def done(self, retry: Retry) -> None:
         key = (retry.event.seq, retry.rule)
-        await self._writer.submit(
+        await self._writer.submit_patiently(
             lambda conn: conn.execute("DELETE FROM retries WHERE seq = ? AND rule = ?", key)
         )
 
@@ -524,7 +611,7 @@ class SqliteBus:
                 (seq, retry.rule, retry.attempts, time.time(), failures),
             )
 
-        await self._writer.submit(work)
+        await self._writer.submit_patiently(work)
 
     async def dead_letters(self) -> list[DeadLetter]:
         columns = ", ".join("e." + c.strip() for c in _COLUMNS.split(","))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rulebus import codec
 from rulebus.backends.base import key_values
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect, opened
-from rulebus.errors import ActionError, NotFound
+from rulebus.errors import ActionError, DiskFull, NotFound
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 
@@ -39,7 +39,9 @@ class SqliteTableStore:
 
     def __init__(self, path: Path, *, cache_kib: int = WRITER_CACHE_KIB) -> None:
         self.path = path
-        self._writer = GroupCommitWriter(path, name="tables-writer", cache_kib=cache_kib)
+        self._writer = GroupCommitWriter(
+            path, name="tables-writer", cache_kib=cache_kib, what="table items"
+        )
         self._reader: sqlite3.Connection | None = None
         self._keys: dict[str, tuple[str, ...]] = {}
         self._put_sql: dict[str, str] = {}
@@ -106,7 +108,14 @@ class SqliteTableStore:
 
     async def put(self, table: str, item: dict[str, Any]) -> None:
         sql, values = self._row(table, item)
-        await self._writer.submit(lambda conn: conn.execute(sql, values))
+        await self._write(table, lambda conn: conn.execute(sql, values))
+
+    async def _write(self, table: str, work: Callable[[sqlite3.Connection], Any]) -> None:
+        try:
+            await self._writer.submit(work)
+        except DiskFull as exc:
+            # Retryable: the same rows fit once there is room again.
+            raise ActionError(f"cannot write to table {table!r}: {exc.reason}") from None
 
     async def put_many(self, table: str, items: Sequence[dict[str, Any]]) -> list[Exception | None]:
         errors: list[Exception | None] = []
@@ -122,7 +131,7 @@ class SqliteTableStore:
             rows.append(values)
         if rows:
             try:
-                await self._writer.submit(lambda conn: conn.executemany(sql, rows))
+                await self._write(table, lambda conn: conn.executemany(sql, rows))
             except Exception as exc:
                 errors = [exc if e is None else e for e in errors]
         return errors

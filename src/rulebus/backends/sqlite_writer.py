@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import queue
 import sqlite3
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rulebus.backends.wakeups import settle_from_thread
-from rulebus.errors import Unavailable
+from rulebus.errors import DiskFull, Unavailable
+
+log = logging.getLogger("rulebus.sqlite")
 
 T = TypeVar("T")
 
@@ -34,6 +37,10 @@ CHECKPOINT_EVERY = 0.5  # seconds
 # against 16 MB: 8,562-10,277 against 8,755-10,182 events/s (the same within
 # this machine's noise), and 10 MB less peak RSS in the API process.
 WRITER_CACHE_KIB = 8_000
+# A write that waits for space tries again after this pause, doubled each
+# time up to the longest, so it goes on within seconds of space coming back.
+SPACE_PAUSE = 0.05
+SPACE_PAUSE_MAX = 2.0
 
 
 def opened(what: str, path: Path, open_: Callable[[], None]) -> None:
@@ -69,7 +76,9 @@ class GroupCommitWriter:
 
     Each write function gets the connection inside an open transaction. If
     one raises, it alone is rolled back (through a savepoint) and its caller
-    gets the exception; the rest of the batch commits.
+    gets the exception; the rest of the batch commits. On a full disk every
+    write of the batch fails with :class:`~rulebus.errors.DiskFull`, naming
+    ``what`` the file stores.
     """
 
     def __init__(
@@ -79,7 +88,10 @@ class GroupCommitWriter:
         max_batch: int = 2000,
         name: str = "sqlite-writer",
         cache_kib: int = WRITER_CACHE_KIB,
+        what: str = "data",
     ) -> None:
+        self._what = what
+        self._waiting_for_space = False
         self._cache_kib = cache_kib
         self._checkpointer = threading.Thread(
             target=self._checkpoint, name=f"{name}-checkpoint", daemon=True
@@ -134,6 +146,29 @@ class GroupCommitWriter:
         self._queue.put((work, future, loop))
         return await future
 
+    async def submit_patiently(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``submit``, but on a full disk try ``work`` again until it fits.
+
+        For writes that may wait and must not be lost (the engine's record of
+        its progress): one warning when the disk fills, one line when
+        writing goes on, and pauses growing to a few seconds in between.
+        """
+        pause = SPACE_PAUSE
+        while True:
+            try:
+                result = await self.submit(work)
+            except DiskFull as exc:
+                if not self._waiting_for_space:
+                    self._waiting_for_space = True
+                    log.warning("%s; trying again until there is room", exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, SPACE_PAUSE_MAX)
+                continue
+            if self._waiting_for_space:
+                self._waiting_for_space = False
+                log.info("there is room again under %s; writing goes on", self._path.parent)
+            return result
+
     def _run(self) -> None:
         try:
             self._conn = connect(self._path)
@@ -174,10 +209,25 @@ class GroupCommitWriter:
             results = _transaction(conn, [work for work, _, _ in batch])
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        if any(failed and _disk_full(value) for failed, value in results):
+            # Say so in words a client of a 503 (or whoever reads the log) can act on.
+            full = DiskFull(self._what, str(self._path.parent))
+            results = [
+                (True, full) if failed and _disk_full(v) else (failed, v) for failed, v in results
+            ]
         settle_from_thread(
             (loop, future, failed, value)
             for (_, future, loop), (failed, value) in zip(batch, results, strict=True)
         )
+
+
+def _disk_full(exc: BaseException) -> bool:
+    # SQLite reports ENOSPC as SQLITE_FULL; growing the WAL index (-shm),
+    # which it writes out rather than risk a SIGBUS, as SQLITE_IOERR_SHMSIZE.
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (
+        code & 0xFF == sqlite3.SQLITE_FULL or code == sqlite3.SQLITE_IOERR_SHMSIZE
+    )
 
 
 def lock_path(path: Path) -> Path:
@@ -203,6 +253,8 @@ def _transaction(conn: sqlite3.Connection, works: list[Work]) -> list[tuple[bool
                 results.append((False, result))
                 conn.execute("RELEASE one")
             except Exception as exc:
+                if not conn.in_transaction:
+                    raise  # SQLite rolled all of it back (a full disk does): every work failed
                 conn.execute("ROLLBACK TO one")
                 conn.execute("RELEASE one")
                 results.append((True, exc))

@@ -14,8 +14,19 @@ from rulebus.config.source import Path_, Source
 from rulebus.errors import BadInput
 from rulebus.sql import validate_topic
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?$")
+_SIZE_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    None: 1,
+}
 
 
 class Options:
@@ -76,16 +87,37 @@ class Options:
         return value
 
     def duration(self, key: str, default: float) -> float:
-        """Seconds, as a number or a string such as ``500ms``, ``5s`` or ``2m``."""
+        """Seconds, as a number or a string such as ``500ms``, ``5s``, ``2m``, ``6h`` or ``7d``."""
         value = self.raw(key, default)
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
             return float(value)
         match = _DURATION.match(str(value)) if isinstance(value, str) else None
         if match is None or float(match.group(1)) <= 0:
             self.fail(
-                key, f"expected a positive duration such as 5, 500ms, 5s or 2m, got {value!r}"
+                key,
+                f"expected a positive duration such as 5, 500ms, 5s, 2m, 6h or 7d, got {value!r}",
             )
         return float(match.group(1)) * _UNITS[match.group(2)]
+
+    def optional_duration(self, key: str) -> float | None:
+        """A ``duration``, or None where the key is absent."""
+        return None if self.raw(key) is None else self.duration(key, 1.0)
+
+    def size(self, key: str) -> int | None:
+        """Bytes, as a number or a string such as ``512KB``, ``10GB`` or ``1GiB``; None if absent.
+
+        KB, MB and GB are powers of 1000; KiB, MiB and GiB powers of 1024.
+        """
+        value = self.raw(key)
+        if value is None:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        match = _SIZE.match(value.strip()) if isinstance(value, str) else None
+        size = 0 if match is None else int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+        if size <= 0:
+            self.fail(key, f"expected a positive size such as 500MB, 10GB or 1GiB, got {value!r}")
+        return size
 
     def str_list(self, key: str, *, required: bool = False) -> list[str]:
         value = self.raw(key)

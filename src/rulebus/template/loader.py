@@ -21,6 +21,7 @@ from rulebus.template.model import (
     App,
     FunctionSpec,
     NotificationSpec,
+    RetentionSpec,
     RetrySpec,
     RouteSpec,
     RuleSpec,
@@ -44,6 +45,7 @@ def load_app(path: Path | str) -> App:
     top = Options(source, (), source.data, what="a mapping at the top level")
     app = App(root=file.parent.resolve(), file=str(file), name=top.text("name", file.parent.name))
     app.retry = _retry(top.section("retry"), RetrySpec())
+    app.retention = _retention(top.section("retention"))
     app.tables = _tables(top.section("tables"))
     app.buckets = _buckets(top)
     app.notifications = _notifications(top.section("notifications"), app.warnings)
@@ -73,6 +75,18 @@ def _retry(opts: Options, default: RetrySpec) -> RetrySpec:
     )
     if spec.max_delay < spec.base_delay:
         opts.fail("max_backoff", "is shorter than backoff")
+    opts.done()
+    return spec
+
+
+def _retention(opts: Options) -> RetentionSpec:
+    default = RetentionSpec()
+    spec = RetentionSpec(
+        max_age=opts.optional_duration("max_age"),
+        max_size=opts.size("max_size"),
+        duplicate_window=opts.duration("duplicate_window", default.duplicate_window),
+        compact_every=opts.duration("compact_every", default.compact_every),
+    )
     opts.done()
     return spec
 

@@ -51,6 +51,26 @@ class RetrySpec:
 
 
 @dataclass(frozen=True)
+class RetentionSpec:
+    """How long the event log keeps events that are done with; by default, for ever.
+
+    An event goes once it is dispatched, has no retry or dead letter waiting,
+    is older than ``duplicate_window``, and is older than ``max_age`` or
+    among the oldest of a log bigger than ``max_size`` (bytes).
+    ``compact_every`` is how often the engine looks.
+    """
+
+    max_age: float | None = None
+    max_size: int | None = None
+    duplicate_window: float = 120.0
+    compact_every: float = 60.0
+
+    @property
+    def keeps_everything(self) -> bool:
+        return self.max_age is None and self.max_size is None
+
+
+@dataclass(frozen=True)
 class RuleSpec:
     name: str
     sql: str
@@ -90,4 +110,5 @@ class App:
     rules: dict[str, RuleSpec] = field(default_factory=dict)
     routes: tuple[RouteSpec, ...] = ()
     retry: RetrySpec = field(default_factory=RetrySpec)
+    retention: RetentionSpec = field(default_factory=RetentionSpec)
     warnings: list[str] = field(default_factory=list)  # valid, but probably not what was meant
