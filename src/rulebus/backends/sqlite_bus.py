@@ -11,7 +11,7 @@ retries moves to ``dead_letters``.
 Retention (:meth:`SqliteBus.compact`) removes the oldest events that are done
 with, in chunks, and SQLite reuses the pages they free, so the file stops
 growing. An event's append time is not stored: each compaction records the
-head in ``log_marks``, and an event is as old as the last mark before it.
+head in ``log_marks``, and an event counts as appended at the first mark after it.
 """
 
 from __future__ import annotations
