@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import logging
 import time
+import urllib.parse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -95,7 +96,8 @@ class Notifier:
             "webhook-id": message_id,
             "webhook-timestamp": str(now),
             "rulebus-event-id": delivery.event.id,
-            "rulebus-topic": delivery.event.topic,
+            # Topics may hold any Unicode; headers carry ASCII: receivers percent-decode it.
+            "rulebus-topic": urllib.parse.quote(delivery.event.topic, safe="/"),
             "rulebus-notification": topic,
         }
         if sub.secret:

@@ -78,7 +78,7 @@ ALL_SCOPES = ("ingest", "publish", "admin", "metrics")
 def make_key(
     data_dir: Path,
     env: dict[str, str] | None = None,
-    name: str = "tests",
+    name: str = "",
     scopes: tuple[str, ...] = ALL_SCOPES,
     topics: tuple[str, ...] = ("#",),
 ) -> str:
@@ -86,6 +86,7 @@ def make_key(
     a child per key would add half a second to every server started)."""
     bus = (env or {}).get("RULEBUS_BUS", "sqlite")
     key, lookup, digest = new_key()
+    name = name or f"tests-{lookup[:6]}"  # several servers may share a data directory
     record = ApiKey(name, lookup, digest, scopes, topics, created=int(time.time() * 1000))
 
     async def create() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
@@ -91,7 +90,7 @@ def test_a_rendered_topic_with_a_line_break_fails_its_delivery_clearly(
         (error,) = wait_until(lambda: server.scan("errors"), what="the error action")
         message = "invalid topic 'out/x\\r\\nx-injected: yes': it contains the control character"
         assert error["payload"]["id"] == "r-1"
-        assert error["principal"] == "tests"  # the name of the key that published it
+        assert error["principal"].startswith("tests-")  # the name of the key that published it
         assert message in error["failures"][0]["errorMessage"]
         (letter,) = wait_until(server.dead_letters, what="the dead letter")
         assert letter["payload"]["id"] == "r-1"

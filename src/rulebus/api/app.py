@@ -231,9 +231,12 @@ def _path_topic(request: Request) -> str:
     into U+FFFD without a word; a topic would then differ from what was sent.
     """
     raw = request.scope.get("raw_path") or request.scope["path"].encode()
-    encoded = raw.split(b"?", 1)[0][len(_TOPICS) :]
+    parts = raw.split(b"?", 1)[0].split(b"/", 2)
+    # The route matched the decoded path: "/topic%73/a" must not lose 3 bytes here.
+    if len(parts) != 3 or unquote_to_bytes(parts[1]) != _TOPICS.strip(b"/"):
+        raise BadInput("invalid topic path: write it as /topics/LEVEL/LEVEL…")
     try:
-        return unquote_to_bytes(encoded).decode("utf-8")
+        return unquote_to_bytes(parts[2]).decode("utf-8")
     except UnicodeDecodeError:
         raise BadInput("invalid topic: it is not valid UTF-8") from None
 

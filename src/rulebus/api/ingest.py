@@ -91,7 +91,7 @@ def decode_batch(body: bytes, content_type: str) -> list[Any]:
 
 
 def event_id(value: Any) -> str:
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise BadInput(
             "invalid id: expected a string of 1-128 letters, digits, '.', '_', ':' or '-',"
             " starting with a letter or digit"

@@ -283,7 +283,7 @@ def validate_key(key: str) -> str:
     for segment in key.split("/"):
         if segment in ("", ".", "..") or segment.startswith("."):
             raise BadInput(f"invalid object key {key!r}: empty, '.' or '..' path segment")
-        if not _SEGMENT.match(segment):
+        if not _SEGMENT.fullmatch(segment):
             raise BadInput(
                 f"invalid object key {key!r}: use letters, digits and !_.*'()=@,:+- between '/'"
             )

@@ -236,6 +236,13 @@ class FileObjectStore:
                 if full:
                     message = f"cannot store the object: the disk under {self.root} is full"
                     errors[i] = ActionError(message)
+                elif isinstance(exc, NotADirectoryError | IsADirectoryError):
+                    key = objects[i][0]
+                    errors[i] = ActionError(
+                        f"object key {key!r} conflicts with an existing key: the file store"
+                        " cannot hold a key and keys below it (S3 can)",
+                        retryable=False,
+                    )
             else:
                 self._dirty.add(path)
         return errors
