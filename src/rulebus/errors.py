@@ -89,10 +89,14 @@ class RateLimited(BadInput):
 class ActionError(RulebusError):
     """An action that failed; ``retryable`` says whether trying again may help."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        # Seconds the target asked to wait before the next attempt (Retry-After).
+        self.retry_after = retry_after
 
 
 class NotFound(RulebusError):

@@ -7,12 +7,19 @@ little: send one request on a kept-alive connection, read the status and skip
 the (usually empty) body. So each connection is an asyncio protocol that
 feeds httptools' C parser, and a request is one write and one future: no
 redirects, no cookies, no proxies, no compression.
+
+Each new connection resolves the host, checks every address against the
+egress policy (``rulebus.egress``) and connects to the checked address, with
+the URL's host name kept for TLS (SNI and certificate checks).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import functools
+import re
+import socket
 import ssl
 import urllib.parse
 from collections import deque
@@ -21,12 +28,41 @@ from typing import Any
 
 import httptools
 
+from rulebus.egress import Egress, EgressRefused
+from rulebus.errors import BadInput
+
 MAX_HEADER_BYTES = 64 * 1024
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 MAX_BODY_BYTES = 1024 * 1024
 
 
 class HttpError(Exception):
     """The request could not be completed (connection, protocol or time-out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What a webhook POST needs of an answer: its status and where it points next."""
+
+    status: int
+    location: str | None = None
+    retry_after: str | None = None
+
+
+def retry_delay(value: str | None, now: float) -> float | None:
+    """Seconds a ``Retry-After`` value asks to wait (delay or HTTP date), None if unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None  # HTTP dates are GMT; a date without a zone is not one
+    return max(when.timestamp() - now, 0.0)
 
 
 class _Stale(Exception):
@@ -45,11 +81,18 @@ class Origin:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise HttpError(f"not an http(s) URL: {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            host = parts.hostname if parts.hostname.isascii() else parts.hostname.encode("idna")
+        except (ValueError, UnicodeError) as exc:
+            raise HttpError(f"bad URL {url!r}: {exc}") from None
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        return cls(parts.scheme, parts.hostname, port), target
+        # Whatever is not printable ASCII travels percent-encoded (UTF-8), as
+        # browsers send an IRI; escapes already there are kept as they are.
+        target = urllib.parse.quote(target, safe="/?&=%:@!$'()*+,;~[]")
+        return cls(parts.scheme, host if isinstance(host, str) else host.decode(), port), target
 
 
 class _Connection(asyncio.Protocol):
@@ -59,15 +102,18 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._parser = httptools.HttpResponseParser(self)
-        self._answer: asyncio.Future[tuple[int, bool]] | None = None
+        self._answer: asyncio.Future[tuple[Response, bool]] | None = None
         self._received = 0  # bytes of the current answer so far
         self._status = 0  # set once the answer's headers are complete
+        self._location: str | None = None
+        self._retry_after: str | None = None
 
-    def request(self, data: bytes) -> asyncio.Future[tuple[int, bool]]:
+    def request(self, data: bytes) -> asyncio.Future[tuple[Response, bool]]:
         assert self.transport is not None
         self._answer = asyncio.get_running_loop().create_future()
         self._received = 0
         self._status = 0
+        self._location = self._retry_after = None
         self.transport.write(data)
         return self._answer
 
@@ -106,13 +152,24 @@ class _Connection(asyncio.Protocol):
             return
         if self._status and self._parser.should_keep_alive() is False:
             # A body without a length runs to the end of the connection.
-            answer.set_result((self._status, False))
+            answer.set_result((self._response(self._status), False))
         elif self._received == 0:
             answer.set_exception(_Stale())
         else:
             answer.set_exception(HttpError("the connection closed in the middle of the answer"))
 
+    def _response(self, status: int) -> Response:
+        return Response(status, self._location, self._retry_after)
+
     # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Only two headers matter to a webhook sender: where a redirect
+        # points, and when to come back.
+        if len(name) == 8 and name.lower() == b"location":
+            self._location = value.decode("latin-1")
+        elif len(name) == 11 and name.lower() == b"retry-after":
+            self._retry_after = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -127,6 +184,7 @@ class _Connection(asyncio.Protocol):
             # An interim answer (100 Continue, 103 Early Hints): the final one
             # follows on the same connection.
             self._status = 0
+            self._location = self._retry_after = None
             return
         answer = self._answer
         if answer is not None and not answer.done():
@@ -136,7 +194,7 @@ class _Connection(asyncio.Protocol):
             keep_alive = (
                 self._parser.should_keep_alive() and self.transport.get_write_buffer_size() == 0
             )
-            answer.set_result((status, keep_alive))
+            answer.set_result((self._response(status), keep_alive))
 
 
 class _Pool:
@@ -192,11 +250,15 @@ class _Pool:
 
 
 class HttpClient:
-    """POSTs with at most ``limit`` connections per origin, kept alive between requests."""
+    """POSTs with at most ``limit`` connections per origin, kept alive between requests.
 
-    def __init__(self, limit: int = 64) -> None:
+    Connections go only where ``egress`` allows: by default, public addresses.
+    """
+
+    def __init__(self, limit: int = 64, egress: Egress | None = None) -> None:
         self._pools: dict[Origin, _Pool] = {}
         self._limit = limit
+        self._egress = egress or Egress()
         self._ssl: ssl.SSLContext | None = None
 
     async def close(self) -> None:
@@ -206,16 +268,16 @@ class HttpClient:
             pool.idle.clear()
         self._pools.clear()
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
-        """Send the POST and return the response's status code."""
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout: float
+    ) -> Response:
+        """Send the POST and return the answer's status (and redirect and retry hints).
+
+        Raises HttpError when no answer came, EgressRefused when the host is
+        not allowed, and BadHeader for a header that would split the request.
+        """
         origin, target = Origin.parse(url)
-        head = [
-            f"POST {target} HTTP/1.1",
-            f"host: {_host_header(origin)}",
-            f"content-length: {len(body)}",
-        ]
-        head += [f"{name}: {value}" for name, value in headers.items()]
-        request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        request = request_head(origin, target, len(body), headers) + body
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = _Pool(self._limit)
@@ -238,7 +300,7 @@ class HttpClient:
                         pool.release()
                         raise
                 try:
-                    status, keep_alive = await _exchange(loop, conn, request, deadline, timeout)
+                    response, keep_alive = await _exchange(loop, conn, request, deadline, timeout)
                 except _Stale:
                     # The server closed a kept-alive connection while it was
                     # idle; nothing was processed on it, so try another.
@@ -250,7 +312,7 @@ class HttpClient:
                     pool.give_back(conn, reusable=False)
                     raise
                 pool.give_back(conn, keep_alive)
-                return status
+                return response
         except TimeoutError:
             raise HttpError(f"no answer within {timeout}s") from None
 
@@ -261,13 +323,33 @@ class HttpClient:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
         loop = asyncio.get_running_loop()
+        refused = self._egress.literal_refusal(origin.host)
+        if refused is not None:
+            raise EgressRefused(origin.host, refused)
         try:
-            _, conn = await loop.create_connection(
-                _Connection, origin.host, origin.port, ssl=context
+            infos = await loop.getaddrinfo(
+                origin.host, origin.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
             )
         except OSError as exc:
-            raise HttpError(f"cannot connect: {exc.strerror or exc}") from None
-        return conn
+            raise HttpError(f"cannot resolve {origin.host}: {exc.strerror or exc}") from None
+        addresses = self._egress.check(origin.host, (str(info[4][0]) for info in infos))
+        error: OSError | None = None
+        for info, address in zip(infos, addresses, strict=True):
+            try:
+                _, conn = await loop.create_connection(
+                    _Connection,
+                    address,
+                    origin.port,
+                    family=info[0],
+                    ssl=context,
+                    server_hostname=origin.host if context is not None else None,
+                )
+            except OSError as exc:
+                error = exc
+                continue
+            return conn
+        assert error is not None
+        raise HttpError(f"cannot connect: {error.strerror or error}") from None
 
 
 async def _exchange(
@@ -276,7 +358,7 @@ async def _exchange(
     request: bytes,
     deadline: float,
     timeout: float,
-) -> tuple[int, bool]:
+) -> tuple[Response, bool]:
     answer = conn.request(request)
     # One timer per request; asyncio.timeout() costs several times more.
     timer = loop.call_at(deadline, conn.fail, HttpError(f"no answer within {timeout}s"))
@@ -290,3 +372,37 @@ def _host_header(origin: Origin) -> str:
     host = f"[{origin.host}]" if ":" in origin.host else origin.host
     default = 443 if origin.scheme == "https" else 80
     return host if origin.port == default else f"{host}:{origin.port}"
+
+
+class BadHeader(BadInput):
+    """A header name or value that cannot be sent as it is: it would split the request."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"header {name!r}: {problem}")
+        self.name = name
+
+
+def request_head(origin: Origin, target: str, length: int, headers: dict[str, str]) -> bytes:
+    """The request line and headers; the only way this module builds them.
+
+    Every name must be an HTTP token and every value printable ASCII, so no
+    value (a topic, an id, a template's output) can end a header and start
+    another (CR/LF) or end the string early in a C parser (NUL).
+    """
+    head = [
+        f"POST {target} HTTP/1.1",
+        f"host: {_host_header(origin)}",
+        f"content-length: {length}",
+    ]
+    for name, value in headers.items():
+        if not _is_token(name):
+            raise BadHeader(name, "not a valid header name")
+        if not (value.isascii() and value.isprintable()):
+            raise BadHeader(name, f"control or non-ASCII characters in {value[:80]!r}")
+        head.append(f"{name}: {value}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii")
+
+
+@functools.lru_cache(maxsize=256)  # a handful of names, checked per POST
+def _is_token(name: str) -> bool:
+    return _TOKEN.fullmatch(name) is not None

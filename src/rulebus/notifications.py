@@ -1,8 +1,14 @@
 """Notification topics: fan a message out to webhooks and the log.
 
 Webhooks follow Standard Webhooks: ``webhook-id`` (stable across retries, for
-receivers to dedupe), ``webhook-timestamp`` and, when the subscriber has a
-secret, ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``.
+receivers to dedupe), ``webhook-timestamp`` and, when the subscriber has
+secrets, ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``,
+one signature per secret separated by spaces, so a receiver can move from an
+old secret to a new one without losing a message.
+
+A webhook is not followed anywhere: a redirect fails the delivery (its
+Location is in the message), and a 429 or 503 with ``Retry-After`` times the
+next attempt.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rulebus import codec
-from rulebus.errors import ActionError
-from rulebus.http_client import HttpClient, HttpError
+from rulebus.egress import Egress
+from rulebus.errors import ActionError, BadInput
+from rulebus.http_client import HttpClient, HttpError, retry_delay
 
 if TYPE_CHECKING:
     from rulebus.actions.base import Delivery
@@ -40,18 +47,19 @@ def secret_bytes(secret: str) -> bytes:
     return secret.encode()
 
 
-def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+def sign(secrets: Sequence[str], message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value: one ``v1,`` signature per secret."""
     signed = f"{message_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret_bytes(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    digests = (hmac.new(secret_bytes(s), signed, hashlib.sha256).digest() for s in secrets)
+    return " ".join("v1," + base64.b64encode(d).decode() for d in digests)
 
 
 class Notifier:
     """Delivers to every subscriber of a topic; fails if any webhook fails."""
 
-    def __init__(self, topics: dict[str, NotificationSpec]) -> None:
+    def __init__(self, topics: dict[str, NotificationSpec], egress: Egress | None = None) -> None:
         self._topics = topics
-        self._http = HttpClient(limit=64)
+        self._http = HttpClient(limit=64, egress=egress)
         self._log = logging.getLogger("rulebus.notify")
 
     async def close(self) -> None:
@@ -100,19 +108,40 @@ class Notifier:
             "rulebus-topic": urllib.parse.quote(delivery.event.topic, safe="/"),
             "rulebus-notification": topic,
         }
-        if sub.secret:
-            headers["webhook-signature"] = sign(sub.secret, message_id, now, body)
+        if sub.secrets:
+            headers["webhook-signature"] = sign(sub.secrets, message_id, now, body)
         try:
-            status = await self._http.post(sub.url, body, headers, sub.timeout)
+            answer = await self._http.post(sub.url, body, headers, sub.timeout)
+        except BadInput as exc:
+            # Refused by the egress policy, or a header that cannot be sent:
+            # the same request would be refused again.
+            raise ActionError(f"webhook {sub.url}: {exc}", retryable=False) from None
         except (HttpError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
             raise ActionError(f"webhook {sub.url}: {type(exc).__name__}: {exc}") from None
-        if status >= 300:
+        status = answer.status
+        if 300 <= status < 400:
+            where = f" to {answer.location}" if answer.location else ""
+            raise ActionError(
+                f"webhook {sub.url} answered {status}, redirecting{where}: redirects are not"
+                " followed; give the subscriber the final URL",
+                retryable=False,
+            )
+        if status >= 400:
             # 4xx means the request itself is wrong and will stay wrong, except
             # for the statuses that ask the sender to come back later.
             retryable = status >= 500 or status in (408, 409, 425, 429)
-            raise ActionError(f"webhook {sub.url} answered {status}", retryable=retryable)
+            wait = retry_delay(answer.retry_after, time.time()) if status in (429, 503) else None
+            after = f" (Retry-After: {answer.retry_after})" if wait is not None else ""
+            raise ActionError(
+                f"webhook {sub.url} answered {status}{after}",
+                retryable=retryable,
+                retry_after=wait,
+            )
 
 
 def _combined(errors: list[BaseException]) -> ActionError:
     retryable = all(getattr(e, "retryable", True) for e in errors)
-    return ActionError("; ".join(str(e) for e in errors), retryable=retryable)
+    waits = [e.retry_after for e in errors if isinstance(e, ActionError) and e.retry_after]
+    return ActionError(
+        "; ".join(str(e) for e in errors), retryable=retryable, retry_after=max(waits, default=None)
+    )

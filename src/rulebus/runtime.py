@@ -138,7 +138,7 @@ class Runtime:
             return
         if self._lock is not None:
             await self._lock.acquire()
-        self.notifier = Notifier(self.app.notifications)
+        self.notifier = Notifier(self.app.notifications, self.app.egress)
         self.functions = FunctionHost(self.app.root, self.app.functions)
         services = Services(
             tables=self.tables,

@@ -272,8 +272,12 @@ class Receiver:
 
     fail_first: int = 0
     status: int | None = None
+    # Given in order to the first attempts, before the rules above apply:
+    # each a status and its headers (a redirect's Location, a Retry-After).
+    answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     attempts: int = 0
+    times: list[float] = field(default_factory=list)  # time.monotonic() of each attempt
 
     def __post_init__(self) -> None:
         receiver = self
@@ -281,9 +285,13 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                extra: dict[str, str] = {}
                 with lock:
                     receiver.attempts += 1
-                    if receiver.status is not None:
+                    receiver.times.append(time.monotonic())
+                    if receiver.answers:
+                        code, extra = receiver.answers.pop(0)
+                    elif receiver.status is not None:
                         code = receiver.status
                     elif receiver.fail_first > 0:
                         receiver.fail_first -= 1
@@ -292,6 +300,8 @@ class Receiver:
                         receiver.received.append(Received(dict(self.headers.items()), body))
                         code = 204
                 self.send_response(code)
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -315,3 +325,59 @@ def verify_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
     signed = f"{lower['webhook-id']}.{lower['webhook-timestamp']}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
     return any(sig == f"v1,{expected}" for sig in lower["webhook-signature"].split())
+
+
+def make_certificate(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1 and localhost signed by it: (cert, key, CA cert)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def build(
+        subject: str,
+        issuer: x509.Name | None,
+        signer: ec.EllipticCurvePrivateKey | None,
+        public: ec.EllipticCurvePublicKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                ),
+                critical=False,
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = build("rulebus test CA", None, ca_key, ca_key.public_key(), True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build("127.0.0.1", ca_cert.subject, ca_key, key.public_key(), False)
+    paths = (tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem")
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    paths[2].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return paths

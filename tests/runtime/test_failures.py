@@ -6,6 +6,7 @@ from pathlib import Path
 from tests.runtime.helpers import Receiver, Server, wait_until
 
 APP = """
+egress: {{allow: [127.0.0.0/8]}}
 tables:
   errors:
     key: [eventId]

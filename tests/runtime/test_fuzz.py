@@ -52,8 +52,8 @@ tables:
   republished:
     key: [src]
 buckets: [fuzz-archive]
-# The receiver listens on loopback: once the egress policy refuses loopback,
-# this app must allow it with egress: {allow: [127.0.0.0/8]}.
+# The receiver listens on loopback, which webhooks may reach only when allowed.
+egress: {allow: [127.0.0.0/8]}
 notifications:
   hooks:
     subscribers:

@@ -1,11 +1,18 @@
 """The webhook client against real sockets speaking the variants of HTTP/1.x servers use."""
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
-from rulebus.http_client import HttpClient, HttpError
+from rulebus.egress import Egress, EgressRefused
+from rulebus.http_client import BadHeader, HttpClient, HttpError
+from tests.runtime.helpers import make_certificate
+
+# The servers here listen on loopback, which the client refuses unless allowed.
+LOOPBACK = Egress.parse(["127.0.0.0/8"])
 
 Respond = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -47,8 +54,8 @@ def test_keeps_one_connection_alive_across_requests() -> None:
 
     async def main() -> None:
         server, url = await serve(respond)
-        client = HttpClient()
-        statuses = [await client.post(url, b'{"a":1}', {"x-h": "v"}, 5) for _ in range(3)]
+        client = HttpClient(egress=LOOPBACK)
+        statuses = [(await client.post(url, b'{"a":1}', {"x-h": "v"}, 5)).status for _ in range(3)]
         await client.close()
         server.close()
         assert statuses == [200, 200, 200]
@@ -81,10 +88,10 @@ def test_reads_chunked_bodies_and_http_1_0_answers() -> None:
 
     async def main() -> None:
         server, url = await serve(respond)
-        client = HttpClient()
-        assert await client.post(url, b"{}", {}, 5) == 503
-        assert await client.post(url, b"{}", {}, 5) == 204
-        assert await client.post(url, b"{}", {}, 5) == 201
+        client = HttpClient(egress=LOOPBACK)
+        assert (await client.post(url, b"{}", {}, 5)).status == 503
+        assert (await client.post(url, b"{}", {}, 5)).status == 204
+        assert (await client.post(url, b"{}", {}, 5)).status == 201
         await client.close()
         server.close()
 
@@ -102,10 +109,10 @@ def test_a_kept_alive_connection_the_server_closed_is_replaced() -> None:
 
     async def main() -> None:
         server, url = await serve(respond)
-        client = HttpClient()
-        assert await client.post(url, b"{}", {}, 5) == 200
+        client = HttpClient(egress=LOOPBACK)
+        assert (await client.post(url, b"{}", {}, 5)).status == 200
         await asyncio.sleep(0.05)
-        assert await client.post(url, b"{}", {}, 5) == 200
+        assert (await client.post(url, b"{}", {}, 5)).status == 200
         await client.close()
         server.close()
 
@@ -120,7 +127,7 @@ def test_silence_times_out_and_refusal_is_an_error() -> None:
 
     async def main() -> None:
         server, url = await serve(respond)
-        client = HttpClient()
+        client = HttpClient(egress=LOOPBACK)
         with pytest.raises(HttpError, match=r"no answer within 0\.2s"):
             await client.post(url, b"{}", {}, 0.2)
         server.close()
@@ -163,11 +170,11 @@ def test_concurrent_posts_share_at_most_limit_connections() -> None:
 
     async def main() -> None:
         server, url = await serve(respond)
-        client = HttpClient(limit=2)
-        statuses = await asyncio.gather(*(client.post(url, b"{}", {}, 5) for _ in range(10)))
+        client = HttpClient(limit=2, egress=LOOPBACK)
+        answers = await asyncio.gather(*(client.post(url, b"{}", {}, 5) for _ in range(10)))
         await client.close()
         server.close()
-        assert statuses == [204] * 10
+        assert [a.status for a in answers] == [204] * 10
         assert most == 2
 
     run(main())
@@ -184,7 +191,7 @@ def test_an_answer_cut_short_is_an_error() -> None:
 
     async def main() -> None:
         server, url = await serve(respond)
-        client = HttpClient()
+        client = HttpClient(egress=LOOPBACK)
         with pytest.raises(HttpError, match="closed in the middle of the answer"):
             await client.post(url, b"{}", {}, 5)
         await client.close()
@@ -211,8 +218,8 @@ def test_an_interim_1xx_answer_is_skipped_for_the_final_one() -> None:
 
     async def main() -> None:
         server, url = await serve(respond)
-        client = HttpClient(limit=1)
-        assert [await client.post(url, b"{}", {}, 5) for _ in range(2)] == [201, 202]
+        client = HttpClient(limit=1, egress=LOOPBACK)
+        assert [(await client.post(url, b"{}", {}, 5)).status for _ in range(2)] == [201, 202]
         await client.close()
         server.close()
 
@@ -223,7 +230,7 @@ def test_a_failed_connection_frees_its_place_for_waiting_posts() -> None:
     """When connecting fails, posts waiting for a place fail at once, not at their time-out."""
 
     async def main() -> None:
-        client = HttpClient(limit=1)
+        client = HttpClient(limit=1, egress=LOOPBACK)
         started = asyncio.get_running_loop().time()
         results = await asyncio.gather(
             *(client.post("http://127.0.0.1:9/nobody", b"{}", {}, 5) for _ in range(3)),
@@ -232,5 +239,84 @@ def test_a_failed_connection_frees_its_place_for_waiting_posts() -> None:
         assert all(isinstance(r, HttpError) and "cannot connect" in str(r) for r in results)
         assert asyncio.get_running_loop().time() - started < 2
         await client.close()
+
+    run(main())
+
+
+def test_a_header_that_would_split_the_request_is_refused_and_nothing_is_sent() -> None:
+    """CR, LF and NUL in a value, or a name that is not a token, never reach the wire."""
+    connections = 0
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    async def main() -> None:
+        server, url = await serve(respond)
+        client = HttpClient(egress=LOOPBACK)
+        for headers in (
+            {"rulebus-topic": "x\r\nx-injected: yes"},
+            {"rulebus-topic": "x\nx-injected: yes"},
+            {"rulebus-topic": "x\x00y"},
+            {"x-injected: yes\r\nx": "v"},
+        ):
+            with pytest.raises(BadHeader, match="header"):
+                await client.post(url, b"{}", headers, 2)
+        await client.close()
+        server.close()
+        assert connections == 0
+
+    run(main())
+
+
+def test_by_default_the_client_connects_to_public_addresses_only() -> None:
+    """Without an allow list, a loopback server is not even connected to."""
+    connections = 0
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    async def main() -> None:
+        server, url = await serve(respond)
+        client = HttpClient()
+        with pytest.raises(EgressRefused, match=r"127\.0\.0\.1 is loopback"):
+            await client.post(url, b"{}", {}, 2)
+        await client.close()
+        server.close()
+        assert connections == 0
+
+    run(main())
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_url_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is resolved and checked once; TLS still verifies the certificate
+    against the URL's host name (SNI), not against the address connected to."""
+    cert, key, ca = make_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(respond, "127.0.0.1", 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        client = HttpClient(egress=LOOPBACK)
+        answer = await client.post(f"https://localhost:{port}/hook", b"{}", {}, 5)
+        await client.close()
+        server.close()
+        assert answer.status == 204
+        assert names == ["localhost"]
 
     run(main())

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtime.helpers import Server, make_key, wait_until
+from tests.runtime.helpers import Server, make_certificate, make_key, wait_until
 
 APP = """
 name: keyed
@@ -261,57 +261,3 @@ def test_tls_options_are_checked_before_listening(tmp_path: Path) -> None:
     assert swapped.returncode == 1
     assert swapped.stderr.startswith("error: cannot use --tls-cert")
     assert len(swapped.stderr.splitlines()) == 1
-
-
-def make_certificate(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A CA and a certificate for 127.0.0.1 signed by it: (cert, key, CA cert)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def build(
-        subject: str,
-        issuer: x509.Name | None,
-        signer: ec.EllipticCurvePrivateKey | None,
-        public: ec.EllipticCurvePublicKey,
-        ca: bool,
-    ) -> x509.Certificate:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(issuer or name)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False,
-            )
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = build("rulebus test CA", None, ca_key, ca_key.public_key(), True)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = build("127.0.0.1", ca_cert.subject, ca_key, key.public_key(), False)
-    paths = (tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem")
-    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    paths[2].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    return paths

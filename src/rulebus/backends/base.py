@@ -33,6 +33,9 @@ class Failure:
     resource: str
     message: str
     retryable: bool = True
+    # Seconds the target asked to wait (Retry-After); it times the next
+    # attempt and is not kept.
+    retry_after: float | None = None
 
     def record(self) -> dict[str, Any]:
         """What a bus keeps of it (``Failure(**record)`` makes it again)."""

@@ -316,7 +316,7 @@ class Engine:
             rule.name,
             attempts,
             # A delivery that will not be tried again goes to its error action now.
-            now if final else now + backoff(rule.retry, attempts),
+            now if final else now + backoff(rule.retry, attempts, [f for _, f in failed]),
             [index for index, _ in failed],
             [failure for _, failure in failed],
         )
@@ -336,7 +336,9 @@ class Engine:
 
     def _failure(self, action: Action, delivery: Delivery, error: Exception) -> Failure:
         if isinstance(error, ActionError):
-            return Failure(action.kind, action.resource, error.message, error.retryable)
+            return Failure(
+                action.kind, action.resource, error.message, error.retryable, error.retry_after
+            )
         if isinstance(error, NotFound):
             return Failure(action.kind, action.resource, str(error), retryable=False)
         log.error("action %s of rule %s failed", action.kind, delivery.rule, exc_info=error)

@@ -13,6 +13,7 @@ from rulebus.actions.base import Action, Declared, template_option
 from rulebus.backends.base import validate_bucket
 from rulebus.config.options import Options, check_topic_template, placeholders
 from rulebus.config.source import Source, dotted, read_source
+from rulebus.egress import Egress
 from rulebus.errors import BadInput, RulebusError, SqlError, TemplateError
 from rulebus.functions import load_handler
 from rulebus.sql import DEFAULT_SQL_VERSION, SQL_VERSIONS, compile_rule, compile_template
@@ -46,9 +47,10 @@ def load_app(path: Path | str) -> App:
     app = App(root=file.parent.resolve(), file=str(file), name=top.text("name", file.parent.name))
     app.retry = _retry(top.section("retry"), RetrySpec())
     app.retention = _retention(top.section("retention"))
+    app.egress = _egress(top.section("egress"))
     app.tables = _tables(top.section("tables"))
     app.buckets = _buckets(top)
-    app.notifications = _notifications(top.section("notifications"), app.warnings)
+    app.notifications = _notifications(top.section("notifications"), app.egress, app.warnings)
     app.functions = _functions(top.section("functions"), app.root)
     declared = Declared(
         tables={name: spec.key for name, spec in app.tables.items()},
@@ -89,6 +91,16 @@ def _retention(opts: Options) -> RetentionSpec:
     )
     opts.done()
     return spec
+
+
+def _egress(opts: Options) -> Egress:
+    networks = opts.str_list("allow")
+    try:
+        egress = Egress.parse(networks)
+    except BadInput as exc:
+        opts.fail("allow", exc.message)
+    opts.done()
+    return egress
 
 
 def _tables(opts: Options) -> dict[str, TableSpec]:
@@ -136,7 +148,9 @@ def _buckets(top: Options) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _notifications(opts: Options, warnings: list[str]) -> dict[str, NotificationSpec]:
+def _notifications(
+    opts: Options, egress: Egress, warnings: list[str]
+) -> dict[str, NotificationSpec]:
     out = {}
     for name in opts.value:
         _name(opts, name, "notification")
@@ -154,7 +168,7 @@ def _notifications(opts: Options, warnings: list[str]) -> dict[str, Notification
                 subs.append(SubscriberSpec("log"))
                 continue
             url = _from_env(sub, "url")
-            secret = _from_env(sub, "secret")
+            secrets = _secrets(sub)
             timeout = sub.duration("timeout", 10.0)
             sub.done()
             if url is None:
@@ -166,15 +180,34 @@ def _notifications(opts: Options, warnings: list[str]) -> dict[str, Notification
                 or any(c.isspace() for c in url)
             ):
                 sub.fail("url", f"expected an http:// or https:// URL with a host, got {url!r}")
-            if secret is None and sub.has("secret_env"):
+            key = "url" if sub.has("url") else "url_env"
+            refused = egress.literal_refusal(parsed.hostname)
+            if refused is not None:
+                where = f"{sub.source.file}:{sub.source.line((*sub.path, key))}"
+                warnings.append(f"{where}: webhooks to {url} will be refused: {refused}")
+            if not secrets and sub.has("secret_env"):
                 where = f"{sub.source.file}:{sub.source.line((*sub.path, 'secret_env'))}"
                 warnings.append(
                     f"{where}: {sub.value['secret_env']} is not set: webhooks to {url} go unsigned"
                 )
-            subs.append(SubscriberSpec("webhook", url=url, secret=secret, timeout=timeout))
+            subs.append(SubscriberSpec("webhook", url=url, secrets=secrets, timeout=timeout))
         spec.done()
         out[name] = NotificationSpec(name, tuple(subs))
     return out
+
+
+def _secrets(sub: Options) -> tuple[str, ...]:
+    """``secret`` (one, or a list), or ``secret_env`` holding secrets separated by spaces."""
+    value = sub.raw("secret")
+    if isinstance(value, list):
+        listed = sub.str_list("secret")
+        if sub.has("secret_env"):
+            sub.fail("secret_env", "give either secret or secret_env, not both")
+        if not listed:
+            sub.fail("secret", "expected at least one secret")
+        return tuple(listed)
+    text = _from_env(sub, "secret")
+    return tuple(text.split()) if text else ()
 
 
 def _from_env(opts: Options, key: str) -> str | None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rulebus.egress import Egress
+
 if TYPE_CHECKING:
     from rulebus.actions.base import Action
     from rulebus.sql import Rule, Template
@@ -23,7 +25,8 @@ class SubscriberSpec:
 
     kind: str
     url: str | None = None
-    secret: str | None = None
+    # Each signs every message; several at once while receivers move to a new one.
+    secrets: tuple[str, ...] = ()
     timeout: float = 10.0
 
 
@@ -111,4 +114,6 @@ class App:
     routes: tuple[RouteSpec, ...] = ()
     retry: RetrySpec = field(default_factory=RetrySpec)
     retention: RetentionSpec = field(default_factory=RetentionSpec)
+    egress: Egress = field(default_factory=Egress)
+    trace: bool = True  # record what dispatch does, for `rulebus trace` (`trace: {enabled: …}`)
     warnings: list[str] = field(default_factory=list)  # valid, but probably not what was meant
