@@ -140,13 +140,19 @@ def test_a_client_id_header_must_be_a_plain_name(shared_exchange: Server) -> Non
 
 def test_a_bad_ndjson_line_is_reported_by_its_number(shared_exchange: Server) -> None:
     """One broken line of NDJSON rejects that event only."""
-    lines = b'{"type":"sell"}\n{broken\n{"type":"sell"}\n'
+    lines = (
+        b'{"type":"sell"}\n{broken\n{"type":"sell"}\n'
+        b'{"type":"buy","qty":123456789012345678901234567890}\n'
+    )
     response = shared_exchange.post(
         "/events", content=lines, headers={"content-type": "application/x-ndjson"}
     )
     assert response.status_code == 207
     results = response.json()["results"]
     assert results[1]["error"].startswith("line 2: invalid JSON")
+    # As in a JSON body: an integer orjson would turn into a float is refused.
+    assert results[3]["error"].startswith("line 4: integer 1234567890")
+    assert "does not fit in 64 bits" in results[3]["error"]
     assert "id" in results[0] and "id" in results[2]
 
 

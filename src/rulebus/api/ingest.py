@@ -72,9 +72,9 @@ def decode_batch(body: bytes, content_type: str) -> list[Any]:
         items: list[Any] = []
         for n, line in enumerate(lines, 1):
             try:
-                items.append(codec.loads(line))
-            except codec.DecodeError as exc:
-                items.append(BadInput(f"line {n}: invalid JSON: {exc}"))
+                items.append(decode(line))
+            except BadInput as exc:
+                items.append(BadInput(f"line {n}: {exc.message}"))
     else:
         items = decode(body)
         if not isinstance(items, list):
