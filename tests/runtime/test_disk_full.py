@@ -95,3 +95,5 @@ def test_a_full_disk_refuses_events_loses_none_and_recovers_by_itself(small_disk
     assert server.worker_pids() == workers, "a worker restarted"
     assert not [line for line in engine_lines if " ERROR " in line or "Traceback" in line]
     assert len(waits) <= 2 * len(workers), waits  # one warning, not one per attempt
+    api_lines = [line for line in server.output if "rulebus.api" in line and "is full" in line]
+    assert 1 <= len(api_lines) < len(refusals), api_lines  # not one line per refused request

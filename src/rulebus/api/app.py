@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -257,7 +258,33 @@ async def _error(request: Request, exc: Exception) -> Response:
         return JSON({"error": str(exc)}, status_code=404)
     if isinstance(exc, Unavailable):
         # Nothing was stored: the client may send the same request again.
-        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        # Under load an outage fails every request: one line per request
+        # would flood the log (and fill a disk that may be full already).
+        quiet = _UNAVAILABLE_LOG.passes()
+        if quiet is not None:
+            more = f" ({quiet} more like it since the last line)" if quiet else ""
+            log.warning("%s %s: %s%s", request.method, request.url.path, exc, more)
         return JSON({"error": str(exc)}, status_code=503, headers={"retry-after": "1"})
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
     return JSON({"error": "internal error"}, status_code=500)
+
+
+class _Every:
+    """Lets a repeated log line through at most once per ``seconds``, counting the rest."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+        self._quiet = 0
+
+    def passes(self) -> int | None:
+        """None to stay quiet; else how many were kept quiet before this one."""
+        now = time.monotonic()
+        if now < self._next:
+            self._quiet += 1
+            return None
+        quiet, self._quiet, self._next = self._quiet, 0, now + self.seconds
+        return quiet
+
+
+_UNAVAILABLE_LOG = _Every(10.0)
