@@ -39,6 +39,7 @@ from rulebus.errors import BadInput, NotFound, RateLimited, RulebusError, Unavai
 from rulebus.keys import ApiKey
 from rulebus.sql import validate_topic
 from rulebus.template.model import RouteSpec
+from rulebus.trace import trace
 
 if TYPE_CHECKING:
     from rulebus.runtime import Runtime
@@ -106,6 +107,7 @@ SCOPE = {
     "ingest": ("ingest",),  # the app's routes
     "/topics": ("publish",),
     "/admin/stats": ("admin", "metrics"),
+    "/admin/events/{id}/trace": ("admin",),
 }
 
 
@@ -189,10 +191,15 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
         await caller(Incoming(request), "/admin/stats", "read /admin/stats")
         return JSON(await runtime.stats())
 
+    async def event_trace(request: Request) -> Response:
+        await caller(Incoming(request), "/admin/events/{id}/trace", "read traces")
+        return JSON(await trace(bus, request.path_params["id"], runtime.app))
+
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint(runtime.app), methods=["GET"]),
         Route("/admin/stats", stats, methods=["GET"]),
+        Route("/admin/events/{id}/trace", event_trace, methods=["GET"]),
         Route("/topics/{topic:anything}", publish, methods=["POST"]),
     ]
     for spec in runtime.app.routes:

@@ -31,6 +31,7 @@ Schema = dict[str, Any]
 INGEST_SCOPES = ("ingest",)
 PUBLISH_SCOPES = ("publish",)
 STATS_SCOPES = ("admin", "metrics")
+TRACE_SCOPES = ("admin",)
 
 _LEVEL_CHARS = r"[A-Za-z0-9_:@=~-]"
 _TOPIC_CHAR = r"[^/+#\x00-\x1f\x7f-\x9f]"
@@ -144,6 +145,40 @@ _COMPONENTS: Schema = {
             "properties": {
                 "status": {"type": "string", "const": "ok"},
                 "app": {"type": "string", "description": "The app's name."},
+            },
+        },
+        "Trace": {
+            "type": "object",
+            "required": [
+                "event",
+                "dispatched",
+                "app_changed",
+                "rules",
+                "dead_letters",
+                "retrying",
+                "children",
+            ],
+            "description": "What happened to one event: docs/trace-and-replay.md.",
+            "properties": {
+                "event": {"type": "object", "description": "The event as the log has it."},
+                "dispatched": {"type": "boolean"},
+                "app_changed": {
+                    "type": "boolean",
+                    "description": "The app's rules changed since the event was dispatched.",
+                },
+                "rules": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "description": "Each rule: matched (with its attempts) or not (with the"
+                    " reason: topic, where, error, not delivered).",
+                },
+                "dead_letters": {"type": "array", "items": {"type": "object"}},
+                "retrying": {"type": "array", "items": {"type": "object"}},
+                "children": {
+                    "type": "array",
+                    "items": {"type": "object"},
+                    "description": "The events its deliveries published, each with its trace.",
+                },
             },
         },
         "Stats": {
@@ -384,6 +419,31 @@ def openapi_document(app: App) -> dict[str, Any]:
                 **_auth(STATS_SCOPES),
                 "responses": {
                     "200": _answer("The bus's figures.", _ref("schemas", "Stats")),
+                    **_errors("key", body=False),
+                },
+            }
+        },
+        "/admin/events/{id}/trace": {
+            "get": {
+                "summary": "The trace of one event",
+                "description": f"{_needs(TRACE_SCOPES)} The event, the rules it matched (each"
+                " attempt of each action, with times, durations and errors) and those it did"
+                " not (with the reason), its retries and dead letters, and the events it"
+                " caused, recursively. As `rulebus trace ID --json` prints it.",
+                "parameters": [
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "description": "The event's id.",
+                        "schema": {"type": "string", "pattern": _ID.pattern},
+                    },
+                    _ref("parameters", "ClientId"),
+                ],
+                **_auth(TRACE_SCOPES),
+                "responses": {
+                    "200": _answer("The trace.", _ref("schemas", "Trace")),
+                    "404": _error("No such event in the log (or retention removed it)."),
                     **_errors("key", body=False),
                 },
             }

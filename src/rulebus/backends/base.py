@@ -84,6 +84,31 @@ class DeadLetter:
 
 
 @dataclass(slots=True)
+class TraceRun:
+    """What one round of deliveries did, kept for ``rulebus trace`` with the events it covers.
+
+    ``record`` is JSON (its shape: ``rulebus.engine.trace``); ``seqs`` are the
+    positions of the events it covers; ``replay`` is the id of the replay
+    that ran it, if one did.
+    """
+
+    at: float
+    record: dict[str, Any]
+    seqs: list[int]
+    replay: str | None = None
+
+
+@dataclass(slots=True)
+class Traced:
+    """What a bus keeps about one event: the event, its trace runs, retries and dead letters."""
+
+    event: Event
+    runs: list[tuple[float, dict[str, Any]]]  # (at, record), oldest first
+    dead_letters: list[DeadLetter]
+    retries: list[Retry]
+
+
+@dataclass(slots=True)
 class BusStats:
     """What a bus can tell about its backlog.
 
@@ -153,11 +178,14 @@ class Consumer(Protocol):
         """Return when ``read`` may have more, or after ``timeout``."""
         ...
 
-    async def commit(self, events: Sequence[Event], retries: Sequence[Retry]) -> None:
+    async def commit(
+        self, events: Sequence[Event], retries: Sequence[Retry], runs: Sequence[TraceRun] = ()
+    ) -> None:
         """Acknowledge every event read up to these and keep the failed deliveries.
 
         After a crash, reading resumes after the last committed events; the
-        retries are durable before the acknowledgement is.
+        retries are durable before the acknowledgement is. ``runs`` (what the
+        deliveries did, for traces) are kept with the acknowledgement.
         """
         ...
 
@@ -197,7 +225,35 @@ class DeliveryStore(Protocol):
         ...
 
 
-class Bus(EventLog, Consumer, DeliveryStore, Protocol):
+class TraceStore(Protocol):
+    """What ``rulebus trace`` and ``rulebus replay`` read, and trace runs outside a commit."""
+
+    async def record(self, runs: Sequence[TraceRun]) -> None:
+        """Keep trace runs of deliveries that no commit covers (retries, replays)."""
+        ...
+
+    async def traced(self, ids: Sequence[str], since_ms: int | None = None) -> dict[str, Traced]:
+        """What is kept about the events with these ids that are still in the log.
+
+        ``since_ms``, when given, says none of them was appended before then
+        (a bus that cannot look events up by id reads from there on).
+        """
+        ...
+
+    def history(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[Event]:
+        """The events in the log whose time (``Event.ts``) is in the range, in log order."""
+        ...
+
+    async def history_count(self, since_ms: int | None, until_ms: int | None) -> int | None:
+        """How many events ``history`` will give, if the bus can tell without reading them."""
+        ...
+
+    async def replayed(self, replay: str) -> set[str]:
+        """The ids of the events whose deliveries by this replay all succeeded."""
+        ...
+
+
+class Bus(EventLog, Consumer, DeliveryStore, TraceStore, Protocol):
     """The three faces of one backend. A process that only publishes uses the log alone."""
 
 

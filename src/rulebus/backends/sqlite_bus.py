@@ -21,14 +21,24 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rulebus import codec
-from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer, Retry, key_hash
+from rulebus.backends.base import (
+    Appended,
+    BusStats,
+    DeadLetter,
+    Failure,
+    Keyer,
+    Retry,
+    Traced,
+    TraceRun,
+    key_hash,
+)
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect, opened
 from rulebus.events import Event
 
@@ -78,6 +88,18 @@ CREATE TABLE IF NOT EXISTS log_marks (
     at REAL PRIMARY KEY,
     seq INTEGER NOT NULL
 );
+-- What deliveries did, for traces (rulebus.engine.trace): a row per batch,
+-- covering the positions first..last; found by the span, not per event.
+CREATE TABLE IF NOT EXISTS trace_runs (
+    id INTEGER PRIMARY KEY,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    at REAL NOT NULL,
+    replay TEXT,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trace_runs_span ON trace_runs (last, first);
+CREATE INDEX IF NOT EXISTS trace_runs_replay ON trace_runs (replay) WHERE replay IS NOT NULL;
 """
 
 _COLUMNS = "seq, id, topic, ts, payload, client_id, principal, hops"
@@ -237,13 +259,30 @@ def _remove_oldest(conn: sqlite3.Connection, old: int, safe: int, max_size: int 
         )
         if (pages - free) * page > max_size:
             upto = safe
-    cursor = conn.execute(
+    removed = conn.execute(
         "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ?"
         " AND seq NOT IN (SELECT seq FROM retries) AND seq NOT IN (SELECT seq FROM dead_letters)"
-        " ORDER BY seq LIMIT ?)",
+        " ORDER BY seq LIMIT ?) RETURNING seq",
         (upto, COMPACT_CHUNK),
+    ).fetchall()
+    if removed:
+        _forget_traces(conn, max(seq for (seq,) in removed))
+    return len(removed)
+
+
+def _forget_traces(conn: sqlite3.Connection, through: int) -> None:
+    """Remove the trace runs of events removed through ``through``.
+
+    Every event up to it is gone but those a retry or a dead letter holds,
+    so a run that spans none of those has no event left. One that does stays
+    until that event goes.
+    """
+    conn.execute(
+        "DELETE FROM trace_runs WHERE last <= ?"
+        " AND NOT EXISTS (SELECT 1 FROM retries r WHERE r.seq BETWEEN first AND last)"
+        " AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq BETWEEN first AND last)",
+        (through,),
     )
-    return cursor.rowcount
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
@@ -272,6 +311,17 @@ def _upgrade(conn: sqlite3.Connection) -> None:
 def _row_event(row: tuple[Any, ...]) -> Event:
     seq, id_, topic, ts, payload, client_id, principal, hops = row
     return Event(id_, topic, ts, codec.loads(payload), client_id, principal, seq, hops=hops)
+
+
+def _trace_rows(runs: Sequence[TraceRun]) -> list[tuple[int, int, float, str | None, bytes]]:
+    return [
+        (run.seqs[0], run.seqs[-1], run.at, run.replay, codec.dumps(run.record))
+        for run in runs
+        if run.seqs
+    ]
+
+
+_INSERT_TRACES = "INSERT INTO trace_runs (first, last, at, replay, record) VALUES (?, ?, ?, ?, ?)"
 
 
 def _failures_json(failures: Sequence[Failure]) -> bytes:
@@ -511,8 +561,11 @@ class SqliteBus:
 
         return await self._writer.submit_patiently(work)
 
-    async def commit(self, events: Sequence[Event], retries: Sequence[Retry]) -> None:
+    async def commit(
+        self, events: Sequence[Event], retries: Sequence[Retry], runs: Sequence[TraceRun] = ()
+    ) -> None:
         seq = max(e.seq for e in events)
+        traces = _trace_rows(runs)
         rows = [
             (
                 r.event.seq,
@@ -533,6 +586,8 @@ class SqliteBus:
                 rows,
             )
             conn.execute("UPDATE dispatch_parts SET seq = max(seq, ?) WHERE part = ?", (seq, part))
+            if traces:
+                conn.executemany(_INSERT_TRACES, traces)
 
         await self._writer.submit_patiently(work)
 
@@ -647,6 +702,102 @@ class SqliteBus:
             return len(rows)
 
         return await self._writer.submit(work)
+
+    # -- traces and history --------------------------------------------------
+
+    async def record(self, runs: Sequence[TraceRun]) -> None:
+        rows = _trace_rows(runs)
+        if rows:
+            # Not patiently: a trace run is dropped rather than hold up a retry.
+            await self._writer.submit(lambda conn: conn.executemany(_INSERT_TRACES, rows))
+
+    async def traced(self, ids: Sequence[str], since_ms: int | None = None) -> dict[str, Traced]:
+        db = self._db
+        out = {}
+        for id_ in ids:
+            row = db.execute(f"SELECT {_COLUMNS} FROM events WHERE id = ?", (id_,)).fetchone()
+            if row is None:
+                continue
+            event = _row_event(row)
+            seq = event.seq
+            runs = [
+                (at, codec.loads(record))
+                for at, record in db.execute(
+                    "SELECT at, record FROM trace_runs WHERE last >= ? AND first <= ?"
+                    " ORDER BY at, id",
+                    (seq, seq),
+                )
+            ]
+            letters = [
+                DeadLetter(
+                    id=r[0],
+                    rule=r[1],
+                    event=event,
+                    attempts=r[2],
+                    failed_at=r[3],
+                    failures=codec.loads(r[4]),
+                )
+                for r in db.execute(
+                    "SELECT id, rule, attempts, failed_at, failures FROM dead_letters"
+                    " WHERE seq = ? ORDER BY id",
+                    (seq,),
+                )
+            ]
+            retries = [
+                Retry(event, r[0], r[1], r[2], codec.loads(r[3]), _failures_from(r[4]))
+                for r in db.execute(
+                    "SELECT rule, attempts, due_at, actions, failures FROM retries WHERE seq = ?",
+                    (seq,),
+                )
+            ]
+            out[id_] = Traced(event, runs, letters, retries)
+        return out
+
+    async def history(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[Event]:
+        low = -(2**63) if since_ms is None else since_ms
+        high = 2**63 - 1 if until_ms is None else until_ms
+        seq = 0
+        while True:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE seq > ? AND ts BETWEEN ? AND ?"
+                " ORDER BY seq LIMIT 1000",
+                (seq, low, high),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _row_event(row)
+            seq = rows[-1][0]
+
+    async def history_count(self, since_ms: int | None, until_ms: int | None) -> int | None:
+        low = -(2**63) if since_ms is None else since_ms
+        high = 2**63 - 1 if until_ms is None else until_ms
+        (count,) = self._db.execute(
+            "SELECT count(*) FROM events WHERE ts BETWEEN ? AND ?", (low, high)
+        ).fetchone()
+        return int(count)
+
+    async def replayed(self, replay: str) -> set[str]:
+        delivered: set[int] = set()
+        failed: set[int] = set()
+        for (record,) in self._db.execute(
+            "SELECT record FROM trace_runs WHERE replay = ?", (replay,)
+        ).fetchall():
+            for job in codec.loads(record)["jobs"]:
+                delivered.update(job["seqs"])
+                failed.update(int(seq) for seq in job.get("errors", {}))
+        done = sorted(delivered - failed)
+        ids: set[str] = set()
+        for start in range(0, len(done), 500):
+            chunk = done[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            ids.update(
+                id_
+                for (id_,) in self._db.execute(
+                    f"SELECT id FROM events WHERE seq IN ({marks})", chunk
+                )
+            )
+        return ids
 
 
 WORKER_BUS_CACHE_KIB = 2_000

@@ -11,8 +11,10 @@ import click
 from rulebus.cli.common import Group
 from rulebus.cli.data import bucket, dlq, publish, table
 from rulebus.cli.keys import keys_group
+from rulebus.cli.replay import replay_command
 from rulebus.cli.run import api, check, up, worker
 from rulebus.cli.sql import sql
+from rulebus.cli.trace import trace_command
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,3 +25,5 @@ def main() -> None:
 
 for command in (up, api, worker, check, keys_group, publish, table, bucket, dlq, sql):
     main.add_command(command)
+main.add_command(trace_command)
+main.add_command(replay_command)

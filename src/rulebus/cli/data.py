@@ -13,10 +13,13 @@ import click
 from rulebus import codec
 from rulebus.api.ingest import decode, now_ms, topic_event
 from rulebus.cli.common import backends, backends_option, data_dir_option, require_data_dir
+from rulebus.cli.progress import Progress
 from rulebus.runtime import Backends, stores
 from rulebus.template import load_app
 
 T = TypeVar("T")
+
+REDRIVE_CHUNK = 100  # dead letters per redrive with --all
 
 
 def _with_stores(
@@ -160,7 +163,17 @@ def dlq_redrive(ids: tuple[int, ...], everything: bool, data_dir: Path, **chosen
         raise click.UsageError("give dead-letter ids, or --all")
 
     async def work(bus: Any, tables: Any, objects: Any) -> int:
-        return await bus.redrive(None if everything else list(ids))  # type: ignore[no-any-return]
+        if not everything:
+            return await bus.redrive(list(ids))  # type: ignore[no-any-return]
+        # All of them, in chunks, so a long redrive shows its progress.
+        letters = [letter.id for letter in await bus.dead_letters()]
+        progress = Progress("dlq redrive", len(letters), "dead letters")
+        count = 0
+        for start in range(0, len(letters), REDRIVE_CHUNK):
+            count += await bus.redrive(letters[start : start + REDRIVE_CHUNK])
+            progress.advance(min(REDRIVE_CHUNK, len(letters) - start))
+        progress.finish(f"redriven {count}")
+        return count
 
     count = _with_stores(data_dir, backends(chosen), work)
     click.echo(f"redriven: {count}")

@@ -27,6 +27,7 @@ from rulebus.actions.base import Action, Delivery, Services
 from rulebus.backends.base import Bus, Failure, Retry
 from rulebus.engine.retry import backoff
 from rulebus.engine.router import Router
+from rulebus.engine.trace import Recorder
 from rulebus.errors import ActionError, NotFound, RulebusError
 from rulebus.events import Event
 from rulebus.sql import NO_MATCH, EvalContext
@@ -84,6 +85,7 @@ class Engine:
         self._progress = asyncio.Event()  # the recorder freed room in the window
         self._dispatched_more = asyncio.Event()  # the dispatcher added a batch
         self._key_tails: dict[tuple[str, str], asyncio.Future[None]] = {}  # last per key
+        self.trace = Recorder(app, bus, enabled=app.trace)  # for `rulebus trace`
 
     async def start(self) -> None:
         self._starts = await self.bus.start(self.rules)
@@ -98,6 +100,7 @@ class Engine:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.trace.flush()
 
     # -- dispatch ---------------------------------------------------------
 
@@ -191,10 +194,11 @@ class Engine:
     async def _record(self, batches: list[list[Event]], retries: list[Retry]) -> None:
         """Make delivered batches' outcome durable and move the dispatch position past them."""
         events = batches[0] if len(batches) == 1 else [e for batch in batches for e in batch]
+        runs = self.trace.take(batches)
         while True:
             try:
                 await self.services.objects.flush()
-                await self.bus.commit(events, retries)
+                await self.bus.commit(events, retries, runs)
                 return
             except Exception:
                 # Nothing was recorded; the deliveries' results are still in
@@ -211,6 +215,7 @@ class Engine:
         keyed: list[asyncio.Future[None]] = []
         now = time.time()
         starts = self._starts
+        trace = self.trace.batch(events)
         for event in events:
             rules = self.router.match(event.topic)
             if not rules:
@@ -240,7 +245,10 @@ class Engine:
         owners = []
         for rule, deliveries in groups.values():
             for index, action in enumerate(rule.actions):
-                jobs.append(run_many(action, deliveries, index, self.services))
+                job = run_many(action, deliveries, index, self.services)
+                if trace is not None:
+                    job = self.trace.timed(trace, rule.name, index, deliveries, job)
+                jobs.append(job)
                 owners.append((rule, index, deliveries))
         failed: dict[int, tuple[RuleSpec, Delivery, list[tuple[int, Failure]]]] = {}
         results = await asyncio.gather(*jobs)
@@ -283,7 +291,9 @@ class Engine:
         indices: list[int] = list(range(len(rule.actions)))
         attempts = 0
         while True:
+            started = time.perf_counter()
             failed = await self._run(delivery, rule.actions, indices)
+            self.trace.attempt(rule.name, delivery, attempts + 1, indices, failed, started)
             if not failed:
                 return
             attempts += 1
@@ -393,7 +403,9 @@ class Engine:
         delivery = Delivery(event, rule.name, output, ctx, event.payload)
         # The app may have changed since the failure: retry what still exists.
         indices = [i for i in retry.actions if i < len(rule.actions)] or range(len(rule.actions))
+        started = time.perf_counter()
         failed = await self._run(delivery, rule.actions, list(indices))
+        self.trace.attempt(rule.name, delivery, retry.attempts + 1, indices, failed, started)
         await self.services.objects.flush()
         if not failed:
             await self.bus.done(retry)

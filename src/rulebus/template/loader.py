@@ -48,6 +48,7 @@ def load_app(path: Path | str) -> App:
     app.retry = _retry(top.section("retry"), RetrySpec())
     app.retention = _retention(top.section("retention"))
     app.egress = _egress(top.section("egress"))
+    app.trace = _trace(top.section("trace"))
     app.tables = _tables(top.section("tables"))
     app.buckets = _buckets(top)
     app.notifications = _notifications(top.section("notifications"), app.egress, app.warnings)
@@ -91,6 +92,12 @@ def _retention(opts: Options) -> RetentionSpec:
     )
     opts.done()
     return spec
+
+
+def _trace(opts: Options) -> bool:
+    enabled = opts.flag("enabled", True)
+    opts.done()
+    return enabled
 
 
 def _egress(opts: Options) -> Egress:
