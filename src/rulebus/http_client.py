@@ -65,6 +65,10 @@ def retry_delay(value: str | None, now: float) -> float | None:
     return max(when.timestamp() - now, 0.0)
 
 
+# Answers are immutable: the common ones (a status alone) are made once.
+_PLAIN: dict[int, Response] = {}
+
+
 class _Stale(Exception):
     """A kept-alive connection closed before any of the answer came: nothing was processed."""
 
@@ -159,6 +163,11 @@ class _Connection(asyncio.Protocol):
             answer.set_exception(HttpError("the connection closed in the middle of the answer"))
 
     def _response(self, status: int) -> Response:
+        if self._location is None and self._retry_after is None:
+            plain = _PLAIN.get(status)
+            if plain is None:
+                plain = _PLAIN[status] = Response(status)
+            return plain
         return Response(status, self._location, self._retry_after)
 
     # httptools callbacks
@@ -389,20 +398,31 @@ def request_head(origin: Origin, target: str, length: int, headers: dict[str, st
     value (a topic, an id, a template's output) can end a header and start
     another (CR/LF) or end the string early in a C parser (NUL).
     """
-    head = [
-        f"POST {target} HTTP/1.1",
-        f"host: {_host_header(origin)}",
-        f"content-length: {length}",
-    ]
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    # One pass over the whole block in C for the common case; the slow check
+    # below finds the culprit, and learns the names that are tokens.
+    if not (
+        fields.isascii()
+        and fields.count("\n") == len(headers)
+        and fields.replace("\r\n", "").isprintable()
+        and _TOKENS.issuperset(headers)
+    ):
+        _check_headers(headers)
+    return (
+        f"POST {target} HTTP/1.1\r\nhost: {_host_header(origin)}\r\n"
+        f"content-length: {length}\r\n{fields}\r\n"
+    ).encode("ascii")
+
+
+_TOKENS: set[str] = set()  # header names seen to be tokens (a handful)
+
+
+def _check_headers(headers: dict[str, str]) -> None:
     for name, value in headers.items():
-        if not _is_token(name):
-            raise BadHeader(name, "not a valid header name")
+        if name not in _TOKENS:
+            if _TOKEN.fullmatch(name) is None:
+                raise BadHeader(name, "not a valid header name")
+            if len(_TOKENS) < 1024:
+                _TOKENS.add(name)
         if not (value.isascii() and value.isprintable()):
             raise BadHeader(name, f"control or non-ASCII characters in {value[:80]!r}")
-        head.append(f"{name}: {value}")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii")
-
-
-@functools.lru_cache(maxsize=256)  # a handful of names, checked per POST
-def _is_token(name: str) -> bool:
-    return _TOKEN.fullmatch(name) is not None
