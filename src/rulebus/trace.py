@@ -70,13 +70,10 @@ async def trace(bus: Bus, event_id: str, app: App | None) -> dict[str, Any]:
     found = await bus.traced([event_id], since)
     if event_id not in found:
         raise NotFound(f"no event {event_id!r} in the log (unknown, or removed by retention)")
-    stats = await bus.stats()
-    return await _assemble(bus, found[event_id], app, stats.dispatched, 0)
+    return await _assemble(bus, found[event_id], app, 0)
 
 
-async def _assemble(
-    bus: Bus, traced: Traced, app: App | None, dispatched: int, depth: int
-) -> dict[str, Any]:
+async def _assemble(bus: Bus, traced: Traced, app: App | None, depth: int) -> dict[str, Any]:
     event = traced.event
     jobs = _jobs(traced)
     rules = _rules(event, jobs, traced, app)
@@ -90,7 +87,7 @@ async def _assemble(
             "hops": event.hops,
             "payload": event.payload,
         },
-        "dispatched": event.seq <= dispatched,
+        "dispatched": traced.dispatched,
         "app_changed": app is not None
         and any(run["v"] != app_version(app.rules) for _, run in traced.runs),
         "rules": rules,
@@ -118,9 +115,7 @@ async def _assemble(
     if depth < MAX_HOPS:
         out["children"] = [
             {"rule": rule, "action": index, "replay": replay, "trace": child}
-            for (rule, index, replay), child in await _children(
-                bus, event, jobs, app, dispatched, depth
-            )
+            for (rule, index, replay), child in await _children(bus, event, jobs, app, depth)
         ]
     return out
 
@@ -245,7 +240,6 @@ async def _children(
     event: Event,
     jobs: list[dict[str, Any]],
     app: App | None,
-    dispatched: int,
     depth: int,
 ) -> list[tuple[tuple[str, int, str | None], dict[str, Any]]]:
     """The traces of the events the deliveries of ``event`` published, in publishing order."""
@@ -272,10 +266,7 @@ async def _children(
                 sent[source] += 1
                 if sent[source] < MAX_CHILDREN:
                     asking.append(source)
-    return [
-        (source, await _assemble(bus, traced, app, dispatched, depth + 1))
-        for source, traced in found
-    ]
+    return [(source, await _assemble(bus, traced, app, depth + 1)) for source, traced in found]
 
 
 def _child_id(origin: Delivery, source: tuple[str, int, str], n: int) -> str:

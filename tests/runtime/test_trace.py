@@ -336,3 +336,58 @@ def test_a_bad_trace_setting_is_refused_with_its_line(tmp_path: Path, value: str
     receiver.close()
     assert result.returncode == 2
     assert "trace" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.fixture
+def nats_bus(nats_server: Any) -> Any:
+    """A stream of its own on the session's nats-server; tables and buckets stay embedded."""
+    nats_server.start()
+    name = f"T{uuid.uuid4().hex[:12]}"
+    yield {"RULEBUS_BUS": f"{nats_server.url}?stream={name}"}
+    Server.stop_all()
+    nats_server.delete_streams(name)
+
+
+def test_the_flagged_buy_tree_on_nats(tmp_path: Path, nats_bus: dict[str, str]) -> None:
+    """The same tree when the bus is NATS JetStream, and a failing delivery's attempts."""
+    receiver = Receiver()
+    server = exchange(tmp_path, receiver, nats_bus)
+    try:
+        buy = fraud_id()
+        assert server.post("/event", {"type": "buy", "price": 9, "id": buy}).status_code == 202
+        wait_until(lambda: receiver.received and server.idle(), what="the alert's webhook")
+        answer = server.get(f"/admin/events/{buy}/trace")
+        assert answer.status_code == 200, answer.text
+        check_flagged_buy_tree(answer.json(), buy)
+        printed = server.cli("trace", buy, "--json", "--app", str(EXCHANGE), check=True)
+        assert json.loads(printed.stdout) == answer.json()
+        assert server.get("/admin/events/nope/trace").status_code == 404
+    finally:
+        server.stop()
+        receiver.close()
+
+
+def test_retry_attempts_and_the_dead_letter_on_nats(
+    tmp_path: Path, nats_bus: dict[str, str]
+) -> None:
+    receiver = Receiver(status=500)
+    server = Server(failing_app(tmp_path, receiver.url), tmp_path / "data", nats_bus).start()
+    try:
+        event = publish(server, "alerts/disk", {"id": "a-1", "level": 9})
+        wait_until(server.dead_letters, what="the dead letter")
+        trace = wait_until(
+            lambda: (
+                (t := server.get(f"/admin/events/{event}/trace").json())
+                and len(rule(t, "alert")["attempts"]) == 3
+                and t
+            ),
+            what="three attempts in the trace",
+        )
+        alert = rule(trace, "alert")
+        assert alert["status"] == "dead-lettered"
+        assert [a["kind"] for a in alert["attempts"]] == ["dispatch", "retry", "retry"]
+        assert all("answered 500" in a["actions"][0]["error"] for a in alert["attempts"])
+        assert len(trace["dead_letters"]) == 1
+    finally:
+        server.stop()
+        receiver.close()

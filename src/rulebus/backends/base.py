@@ -106,6 +106,7 @@ class Traced:
     runs: list[tuple[float, dict[str, Any]]]  # (at, record), oldest first
     dead_letters: list[DeadLetter]
     retries: list[Retry]
+    dispatched: bool  # to its rules: the position passed it
 
 
 @dataclass(slots=True)

@@ -25,6 +25,11 @@ Layout, all named after the ``stream`` URL option (default ``RULEBUS``):
   a failed delivery of an event in slot n, waiting for its next attempt.
 - stream ``NAME_DLQ``, subject ``NAME.dlq``: dead letters; a dead letter's
   id is its stream sequence.
+- stream ``NAME_TRACE``: trace runs (``rulebus.engine.trace``), subject
+  ``NAME.trace.<n>`` for what dispatch did in slot n (one message per slot
+  per commit, published alongside the cursor writes), ``NAME.trace.other``
+  for retry attempts and replays. There is no index by event id: a trace
+  reads the log and this stream from the event's time on.
 
 Engine processes share the slots: each one claims about ``slots / live
 processes`` of them, renews its leases every second, and gives up slots
@@ -58,7 +63,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,7 +78,17 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from rulebus import codec
-from rulebus.backends.base import Appended, BusStats, DeadLetter, Failure, Keyer, Retry, key_hash
+from rulebus.backends.base import (
+    Appended,
+    BusStats,
+    DeadLetter,
+    Failure,
+    Keyer,
+    Retry,
+    Traced,
+    TraceRun,
+    key_hash,
+)
 from rulebus.backends.registry import redact
 from rulebus.errors import RulebusError, Unavailable
 from rulebus.events import Event
@@ -277,6 +292,8 @@ class NatsBus:
         self._subject = f"{name}.ev"
         self._dlq_stream = f"{name}_DLQ"
         self._dlq_subject = f"{name}.dlq"
+        self._trace_stream = f"{name}_TRACE"
+        self._trace_subject = f"{name}.trace"
         self._me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._nc: Any = None
         self._js: Any = None
@@ -358,7 +375,13 @@ class NatsBus:
             storage=api.StorageType.FILE,
             num_replicas=s.replicas,
         )
-        for config in (log_config, dlq_config):
+        trace_config = api.StreamConfig(
+            name=self._trace_stream,
+            subjects=[f"{self._trace_subject}.*"],
+            storage=api.StorageType.FILE,
+            num_replicas=s.replicas,
+        )
+        for config in (log_config, dlq_config, trace_config):
             try:
                 info = await js.stream_info(config.name)
                 if config is log_config and not info.config.allow_atomic:
@@ -886,8 +909,11 @@ class NatsBus:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._arrived.wait(), timeout)
 
-    async def commit(self, events: Sequence[Event], retries: Sequence[Retry]) -> None:
+    async def commit(
+        self, events: Sequence[Event], retries: Sequence[Retry], runs: Sequence[TraceRun] = ()
+    ) -> None:
         await asyncio.gather(*(self._put_retry(self._number(r.event), r) for r in retries))
+        traces = self._trace_messages(runs)
         async with self._lease_lock:
             through: dict[int, tuple[int, bool]] = {}
             for event in events:
@@ -900,7 +926,10 @@ class NatsBus:
                 for number, (seq, whole) in through.items()
                 if (slot := self._slots.get(number)) is not None and seq > slot.cursor
             ]  # a slot given up meanwhile is read again by its next owner
-            written = await asyncio.gather(*(self._write_lease(*move) for move in moved))
+            written, _ = await asyncio.gather(
+                asyncio.gather(*(self._write_lease(*move) for move in moved)),
+                self._publish_traces(traces),
+            )
             for (slot, _, _), ok in zip(moved, written, strict=True):
                 if not ok:
                     log.warning("slot %d was taken over by another process", slot.number)
@@ -935,12 +964,18 @@ class NatsBus:
                     {"filter": f"{self._subject}.{slot.number}", "seq": upto},
                 )
                 removed += int(answer.get("purged", 0))
+        try:
+            for slot in list(self._slots.values()):
+                await self._purge_traces(str(slot.number), f"{self._subject}.{slot.number}")
+            await self._purge_traces("other", f"{self._subject}.*")
+        except Exception as exc:
+            log.warning("retention: removing old trace runs failed: %s", _reason(exc))
         return removed
 
-    async def _first_since(self, at: float, last: int) -> int:
+    async def _first_since(self, at: float, last: int, stream: str | None = None) -> int:
         """The first message stored at or after ``at``: its sequence, or the last one's + 1."""
         when = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
-        answer = await self._api(f"STREAM.MSG.GET.{self._stream}", {"start_time": when})
+        answer = await self._api(f"STREAM.MSG.GET.{stream or self._stream}", {"start_time": when})
         message = answer.get("message")
         return last + 1 if message is None else int(message["seq"])
 
@@ -954,6 +989,154 @@ class NatsBus:
         if error is not None and error.get("err_code") != NO_MESSAGE:
             raise RulebusError(f"JetStream: {error.get('description')}")
         return answer
+
+    # -- traces and history --------------------------------------------------
+
+    def _trace_messages(self, runs: Sequence[TraceRun]) -> list[tuple[str, bytes]]:
+        """Each run cut by slot (so that each slot's owner purges its own), as messages."""
+        out = []
+        for run in runs:
+            slots: dict[str, list[dict[str, Any]]] = {}
+            for job in run.record["jobs"]:
+                parts: dict[str, list[int]] = {}
+                for seq in job["seqs"]:
+                    read = self._slot_of.get(seq)
+                    parts.setdefault("other" if read is None else str(read[0]), []).append(seq)
+                for slot, seqs in parts.items():
+                    part = {**job, "seqs": seqs}
+                    if "errors" in job:
+                        mine = {str(seq) for seq in seqs}
+                        part["errors"] = {k: v for k, v in job["errors"].items() if k in mine}
+                    slots.setdefault(slot, []).append(part)
+            for slot, jobs in slots.items():
+                record = {**run.record, "jobs": jobs, "at": run.at}
+                out.append((f"{self._trace_subject}.{slot}", codec.dumps(record)))
+        return out
+
+    async def _publish_traces(self, messages: list[tuple[str, bytes]]) -> None:
+        """Publish trace runs; one that fails is logged and lost, never the commit."""
+        if not messages:
+            return
+        sent = await asyncio.gather(
+            *(
+                self._js.publish(subject, data, timeout=PUBLISH_TIMEOUT)
+                for subject, data in messages
+            ),
+            return_exceptions=True,
+        )
+        failed = [r for r in sent if isinstance(r, BaseException)]
+        if failed:
+            log.warning("keeping %d trace runs failed: %s", len(failed), _reason(failed[0]))
+
+    async def record(self, runs: Sequence[TraceRun]) -> None:
+        for _, data in self._trace_messages(runs):
+            # Retries and replays: their slot's owner is not known here.
+            await self._js.publish(f"{self._trace_subject}.other", data, timeout=PUBLISH_TIMEOUT)
+
+    async def _scan(self, stream: str, subject: str, since_ms: int | None) -> AsyncIterator[Any]:
+        """The stream's messages on ``subject`` stored from ``since_ms`` on, up to its last now."""
+        last = int((await self._js.stream_info(stream)).state.last_seq)
+        seq = 1
+        if since_ms is not None:
+            seq = await self._first_since(since_ms / 1000, last, stream)
+        while seq <= last:
+            try:
+                msg = await self._js.get_msg(stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return
+            if int(msg.seq) > last:
+                return
+            yield msg
+            seq = int(msg.seq) + 1
+
+    async def _log_events(self, since_ms: int | None) -> AsyncIterator[Event]:
+        async for msg in self._scan(self._stream, f"{self._subject}.*", since_ms):
+            base = int(msg.seq) << SHIFT
+            for i, envelope in enumerate(codec.loads(msg.data)):
+                yield _event(envelope, base | i)
+
+    async def traced(self, ids: Sequence[str], since_ms: int | None = None) -> dict[str, Traced]:
+        wanted = set(ids)
+        events: dict[int, Event] = {}
+        async for event in self._log_events(since_ms):
+            if event.id in wanted:
+                events[event.seq] = event
+                if len(events) == len(wanted):
+                    break
+        if not events:
+            return {}
+        runs: dict[int, list[tuple[float, dict[str, Any]]]] = {seq: [] for seq in events}
+        # Runs are kept after their events: read on from the earliest one's time.
+        first = min(event.ts for event in events.values()) - 60_000
+        async for msg in self._scan(self._trace_stream, f"{self._trace_subject}.*", first):
+            record = codec.loads(msg.data)
+            for seq in {seq for job in record["jobs"] for seq in job["seqs"]} & set(runs):
+                runs[seq].append((record["at"], record))
+        letters = [letter for letter in await self.dead_letters() if letter.event.id in wanted]
+        retries = []
+        for key in await self._keys("", self.retry_kv):
+            if key.split(".")[1] in {_hex(e.id) for e in events.values()}:
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    entry = await self.retry_kv.get(key)
+                    if entry.value:
+                        retries.append(self._retry_from(key, entry.value)[1])
+        dispatched = (await self.stats()).dispatched  # a message's sequence
+        return {
+            event.id: Traced(
+                event,
+                sorted(runs[seq], key=lambda run: run[0]),
+                [d for d in letters if d.event.id == event.id],
+                [r for r in retries if r.event.id == event.id],
+                seq >> SHIFT <= dispatched,
+            )
+            for seq, event in events.items()
+        }
+
+    async def history(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[Event]:
+        async for event in self._log_events(since_ms):
+            if (since_ms is None or event.ts >= since_ms) and (
+                until_ms is None or event.ts <= until_ms
+            ):
+                yield event
+
+    async def history_count(self, since_ms: int | None, until_ms: int | None) -> int | None:
+        return None  # a message holds any number of events: only reading them tells
+
+    async def replayed(self, replay: str) -> set[str]:
+        delivered: set[int] = set()
+        failed: set[int] = set()
+        async for msg in self._scan(self._trace_stream, f"{self._trace_subject}.other", None):
+            record = codec.loads(msg.data)
+            if record.get("replay") != replay:
+                continue
+            for job in record["jobs"]:
+                delivered.update(job["seqs"])
+                failed.update(int(seq) for seq in job.get("errors", {}))
+        done = delivered - failed
+        ids = set()
+        for seq in sorted(done):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                msg = await self._js.get_msg(self._stream, seq=seq >> SHIFT)
+                ids.add(codec.loads(msg.data)[seq & ((1 << SHIFT) - 1)]["id"])
+        return ids
+
+    async def _purge_traces(self, slot: str, log_subject: str) -> None:
+        """Remove the trace runs of ``slot`` kept before its oldest event still in the log.
+
+        A run is kept after the events it covers were stored, so one kept
+        before the oldest event left covers none that is left.
+        """
+        try:
+            oldest = await self._js.get_msg(self._stream, seq=1, subject=log_subject, next=True)
+            since = oldest.time.timestamp() if oldest.time else time.time()
+        except nats.js.errors.NotFoundError:
+            since = time.time()  # nothing left: every run before now may go
+        last = int((await self._js.stream_info(self._trace_stream)).state.last_seq)
+        cut = await self._first_since(since, last, self._trace_stream)
+        await self._api(
+            f"STREAM.PURGE.{self._trace_stream}",
+            {"filter": f"{self._trace_subject}.{slot}", "seq": cut},
+        )
 
     # -- failed deliveries ---------------------------------------------------
 

@@ -750,7 +750,8 @@ class SqliteBus:
                     (seq,),
                 )
             ]
-            out[id_] = Traced(event, runs, letters, retries)
+            dispatched = seq <= _dispatched_through(db)
+            out[id_] = Traced(event, runs, letters, retries, dispatched)
         return out
 
     async def history(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[Event]:
