@@ -675,7 +675,7 @@ class NatsBus:
     # -- this process's share: leases on slots ------------------------------
 
     async def start(self, rules: Iterable[str]) -> dict[str, int]:
-        starts = await self._rule_starts(rules)
+        starts = await self.rule_starts(rules)
         self._watcher = await self.retry_kv.watch(">")
         await self._load_retries()
         await self._heartbeat()
@@ -689,7 +689,7 @@ class NatsBus:
         ]
         return starts
 
-    async def _rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
+    async def rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
         info = await self._js.stream_info(self._stream)
         # A rule seen for the first time applies to what arrives from now on,
         # unless nothing was ever dispatched (a new deployment).
@@ -1103,16 +1103,15 @@ class NatsBus:
         return None  # a message holds any number of events: only reading them tells
 
     async def replayed(self, replay: str) -> set[str]:
-        delivered: set[int] = set()
-        failed: set[int] = set()
+        # Delivered by some run with no error (a later run may redo what failed).
+        done: set[int] = set()
         async for msg in self._scan(self._trace_stream, f"{self._trace_subject}.other", None):
             record = codec.loads(msg.data)
             if record.get("replay") != replay:
                 continue
             for job in record["jobs"]:
-                delivered.update(job["seqs"])
-                failed.update(int(seq) for seq in job.get("errors", {}))
-        done = delivered - failed
+                failed = {int(seq) for seq in job.get("errors", {})}
+                done.update(seq for seq in job["seqs"] if seq not in failed)
         ids = set()
         for seq in sorted(done):
             with contextlib.suppress(nats.js.errors.NotFoundError):

@@ -480,7 +480,7 @@ class SqliteBus:
     # -- this partition's share ----------------------------------------------
 
     async def start(self, rules: Iterable[str]) -> dict[str, int]:
-        starts = await self._rule_starts(rules)
+        starts = await self.rule_starts(rules)
         self._read_to = await self._start_dispatch()
         return starts
 
@@ -545,7 +545,7 @@ class SqliteBus:
 
         return await self._writer.submit_patiently(work)
 
-    async def _rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
+    async def rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
         names = list(rules)
 
         def work(conn: sqlite3.Connection) -> dict[str, int]:
@@ -779,18 +779,18 @@ class SqliteBus:
         return int(count)
 
     async def replayed(self, replay: str) -> set[str]:
-        delivered: set[int] = set()
-        failed: set[int] = set()
+        # Delivered by some run with no error (a later run may redo what failed).
+        done: set[int] = set()
         for (record,) in self._db.execute(
             "SELECT record FROM trace_runs WHERE replay = ?", (replay,)
         ).fetchall():
             for job in codec.loads(record)["jobs"]:
-                delivered.update(job["seqs"])
-                failed.update(int(seq) for seq in job.get("errors", {}))
-        done = sorted(delivered - failed)
+                failed = {int(seq) for seq in job.get("errors", {})}
+                done.update(seq for seq in job["seqs"] if seq not in failed)
         ids: set[str] = set()
-        for start in range(0, len(done), 500):
-            chunk = done[start : start + 500]
+        seqs = sorted(done)
+        for start in range(0, len(seqs), 500):
+            chunk = seqs[start : start + 500]
             marks = ", ".join("?" * len(chunk))
             ids.update(
                 id_
