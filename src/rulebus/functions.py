@@ -8,7 +8,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,21 @@ def load_handler(root: Path, spec: str) -> Handler:
     if not callable(handler):
         raise RulebusError(f"module {module_name!r} has no callable {attr!r}")
     return handler  # type: ignore[no-any-return]
+
+
+def forget_handlers(root: Path, specs: Iterable[FunctionSpec]) -> None:
+    """Drop the handlers' modules, so the next import reads their files again.
+
+    For a reload: an edited handler takes effect. Only the modules that
+    handlers name, and only those in the app folder; modules they import
+    stay as they are until a restart.
+    """
+    root = root.resolve()
+    for spec in specs:
+        name = spec.handler.partition(":")[0]
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file and Path(file).resolve().is_relative_to(root):
+            del sys.modules[name]
 
 
 class FunctionContext:

@@ -267,7 +267,7 @@ class HttpClient:
     def __init__(self, limit: int = 64, egress: Egress | None = None) -> None:
         self._pools: dict[Origin, _Pool] = {}
         self._limit = limit
-        self._egress = egress or Egress()
+        self.egress = egress or Egress()
         self._ssl: ssl.SSLContext | None = None
 
     async def close(self) -> None:
@@ -332,7 +332,7 @@ class HttpClient:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
         loop = asyncio.get_running_loop()
-        refused = self._egress.literal_refusal(origin.host)
+        refused = self.egress.literal_refusal(origin.host)
         if refused is not None:
             raise EgressRefused(origin.host, refused)
         try:
@@ -341,7 +341,7 @@ class HttpClient:
             )
         except OSError as exc:
             raise HttpError(f"cannot resolve {origin.host}: {exc.strerror or exc}") from None
-        addresses = self._egress.check(origin.host, (str(info[4][0]) for info in infos))
+        addresses = self.egress.check(origin.host, (str(info[4][0]) for info in infos))
         error: OSError | None = None
         for info, address in zip(infos, addresses, strict=True):
             try:

@@ -62,6 +62,11 @@ class Notifier:
         self._http = HttpClient(limit=64, egress=egress)
         self._log = logging.getLogger("rulebus.notify")
 
+    def update(self, topics: dict[str, NotificationSpec], egress: Egress) -> None:
+        """Take a reloaded app's topics and egress policy (kept-alive connections stay)."""
+        self._topics = topics
+        self._http.egress = egress
+
     async def close(self) -> None:
         await self._http.close()
 

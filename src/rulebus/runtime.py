@@ -18,7 +18,7 @@ from rulebus.backends.registry import DEFAULTS, is_embedded, open_store
 from rulebus.backends.sqlite_bus import Partition
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB
 from rulebus.engine.keys import keyer
-from rulebus.engine.runner import Engine
+from rulebus.engine.runner import Engine, enabled
 from rulebus.errors import ActionError, Unavailable
 from rulebus.events import Event
 from rulebus.functions import FunctionHost
@@ -119,6 +119,7 @@ class Runtime:
         self.engine: Engine | None = None
         self.notifier: Notifier | None = None
         self.functions: FunctionHost | None = None
+        self._retired: list[FunctionHost] = []  # replaced by reloads, closed at stop
         self._compactor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -153,6 +154,32 @@ class Runtime:
         if not self.app.retention.keeps_everything:
             self._compactor = asyncio.create_task(self._compact(), name="compactor")
 
+    async def reload(self, app: App) -> None:
+        """Put a reloaded app in place: new tables and buckets, topics, functions, rules."""
+        if not self.runs_engine:
+            # An API process publishes only; its routes are built at start.
+            self.app = app
+            return
+        assert self.engine is not None and self.notifier is not None
+        # First what may fail, so that a failure leaves the app as it was.
+        # Handlers may have changed even where their specs did not.
+        functions = FunctionHost(app.root, app.functions)
+        for table in app.tables.values():
+            await self.tables.create_table(table.name, table.key)
+        for bucket in app.buckets:
+            await self.objects.create_bucket(bucket)
+        starts = await self.bus.rule_starts(enabled(app))
+        # From here on, nothing waits: no batch sees half of the change.
+        self.notifier.update(app.notifications, app.egress)
+        if self.functions is not None:
+            # Its threads may still be running calls: closed with the runtime.
+            self._retired.append(self.functions)
+        self.functions = self.engine.services.functions = functions
+        self.app = app
+        self.engine.use(app, starts)
+        if self._compactor is None and not app.retention.keeps_everything:
+            self._compactor = asyncio.create_task(self._compact(), name="compactor")
+
     async def _publish(self, events: Sequence[Event]) -> list[Appended]:
         """Append what actions publish; a bus that cannot take it now fails the action.
 
@@ -167,8 +194,8 @@ class Runtime:
 
     async def _compact(self) -> None:
         """Remove what the app's retention no longer keeps: at start, then every so often."""
-        retention = self.app.retention
         while True:
+            retention = self.app.retention  # a reload may change it
             try:
                 removed = await self.bus.compact(retention)
             except Exception as exc:
@@ -187,8 +214,9 @@ class Runtime:
             await self.engine.stop()
         if self.notifier is not None:
             await self.notifier.close()
-        if self.functions is not None:
-            self.functions.close()
+        for host in [*self._retired, self.functions]:
+            if host is not None:
+                host.close()
         if self.runs_engine:
             await self.objects.close()
             await self.tables.close()

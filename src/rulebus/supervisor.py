@@ -23,6 +23,18 @@ log = logging.getLogger("rulebus.supervisor")
 
 RESTART_DELAY = 1.0  # seconds between a child's death and its restart
 
+_children: set[asyncio.subprocess.Process] = set()  # the engine processes running now
+
+
+def signal_children(sig: signal.Signals) -> list[int]:
+    """Pass a signal on to every engine process (a reload: SIGHUP); returns their pids."""
+    pids = []
+    for proc in _children:
+        if proc.returncode is None:
+            proc.send_signal(sig)
+            pids.append(proc.pid)
+    return pids
+
 
 def stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
@@ -100,10 +112,14 @@ async def _supervise(command: list[str], stop: asyncio.Event, ready: asyncio.Eve
             preexec_fn=_die_with_parent,
         )
         os.close(write_end)
+        _children.add(proc)
         signalled = asyncio.ensure_future(_await_ready(read_end, ready))
         waiting = asyncio.ensure_future(proc.wait())
         stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            _children.discard(proc)
         if stop.is_set():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)

@@ -171,6 +171,14 @@ class Consumer(Protocol):
         """
         ...
 
+    async def rule_starts(self, rules: Iterable[str]) -> dict[str, int]:
+        """Per rule, the position after which it applies, as ``start`` returns it.
+
+        For rules added while running (a reload): without touching the share
+        of the log or the position of what was read.
+        """
+        ...
+
     async def read(self, limit: int) -> list[Event]:
         """Up to ``limit`` events of this share after those already read, oldest first."""
         ...

@@ -11,6 +11,7 @@ import click
 from rulebus.cli.common import Group
 from rulebus.cli.data import bucket, dlq, publish, table
 from rulebus.cli.keys import keys_group
+from rulebus.cli.reload import reload
 from rulebus.cli.replay import replay_command
 from rulebus.cli.run import api, check, up, worker
 from rulebus.cli.sql import sql
@@ -23,7 +24,7 @@ def main() -> None:
     """rulebus: AWS IoT-style topics and SQL rules on your own machines."""
 
 
-for command in (up, api, worker, check, keys_group, publish, table, bucket, dlq, sql):
+for command in (up, api, worker, check, reload, keys_group, publish, table, bucket, dlq, sql):
     main.add_command(command)
 main.add_command(trace_command)
 main.add_command(replay_command)

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Coroutine
@@ -23,8 +24,15 @@ from rulebus.backends.sqlite_bus import Partition
 from rulebus.cli.common import backends, backends_option, data_dir_option, options
 from rulebus.errors import RulebusError
 from rulebus.logs import log_to_stderr
+from rulebus.reload import Reloader, registered
 from rulebus.runtime import Backends, Runtime
-from rulebus.supervisor import settle_memory, signal_ready, stop_on_signals, supervise_all
+from rulebus.supervisor import (
+    settle_memory,
+    signal_children,
+    signal_ready,
+    stop_on_signals,
+    supervise_all,
+)
 from rulebus.template import App, load_app
 
 log = logging.getLogger("rulebus.cli")
@@ -233,7 +241,7 @@ def worker(
         app = load_app(app_dir)
         if processes > 1:
             commands = _engine_commands(app_dir, data_dir, where, log_level, processes)
-            _run(_supervise(data_dir, where, commands))
+            _run(_supervise(app, data_dir, where, commands))
         else:
             _run(_work(app, data_dir, where, ready_fd, partition))
     finally:
@@ -270,11 +278,22 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-async def _supervise(data_dir: Path, where: Backends, commands: list[list[str]]) -> None:
+async def _supervise(app: App, data_dir: Path, where: Backends, commands: list[list[str]]) -> None:
     stop = asyncio.Event()
     stop_on_signals(stop)
     lock_dir = data_dir if is_embedded(where.bus) else None
-    await supervise_all(commands, stop, asyncio.Event(), lock_dir)
+    # It runs no rules itself: it checks the file, then passes the reload on.
+    Reloader(data_dir, "worker", app, _nothing, forward=_reload_children).install()
+    with registered(data_dir, "worker", app.file):
+        await supervise_all(commands, stop, asyncio.Event(), lock_dir)
+
+
+async def _nothing(app: App) -> None:
+    return None
+
+
+def _reload_children() -> list[int]:
+    return signal_children(signal.SIGHUP)
 
 
 async def _work(
@@ -284,12 +303,19 @@ async def _work(
     stop_on_signals(stop)
     runtime = Runtime(app, data_dir, where, partition=partition)
     await runtime.start()
+    Reloader(data_dir, "worker", app, runtime.reload).install()
     settle_memory()
     signal_ready(ready_fd)
+    # An engine process of ``up`` or ``worker --processes`` gets reloads
+    # from its supervisor; one on its own is found through the data dir.
+    registration = (
+        registered(data_dir, "worker", app.file) if ready_fd is None else contextlib.nullcontext()
+    )
     if ready_fd is None:
         click.echo(f"rulebus: app {app.name} running its rules on bus {redact(where.bus)}")
     try:
-        await stop.wait()
+        with registration:
+            await stop.wait()
     finally:
         await runtime.stop()
 
@@ -334,8 +360,12 @@ async def _serve(
         stores = f"data in {data_dir}" if is_embedded(where.bus) else f"bus {redact(where.bus)}"
         click.echo(f"rulebus: app {app.name} listening on {url} ({stores})")
 
+    role = "up" if engine else "api"
+    forward = _reload_children if commands is not None else None
+    Reloader(data_dir, role, app, runtime.reload, forward=forward).install()
     try:
-        await serve(runtime, sock, stop, announce, engines_ready, auth=auth, tls=tls)
+        with registered(data_dir, role, app.file):
+            await serve(runtime, sock, stop, announce, engines_ready, auth=auth, tls=tls)
     finally:
         stop.set()
         if supervisor is not None:

@@ -73,7 +73,7 @@ class Engine:
         self.app = app
         self.bus = bus
         self.services = services
-        self.rules = {name: rule for name, rule in app.rules.items() if rule.enabled}
+        self.rules = enabled(app)
         self.router: Router[RuleSpec] = Router(
             (rule.compiled.topic_filter.levels, rule) for rule in self.rules.values()
         )
@@ -101,6 +101,18 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.trace.flush()
+
+    def use(self, app: App, starts: dict[str, int]) -> None:
+        """Run ``app``'s rules from the next batch on; ``starts`` from ``Bus.rule_starts``.
+
+        Batches already being delivered finish with the rules they started
+        with; retries look their rule up when they are due, so a removed or
+        disabled rule's retries end as dead letters that say so.
+        """
+        rules = enabled(app)
+        self.router = Router((rule.compiled.topic_filter.levels, rule) for rule in rules.values())
+        self.app, self.rules, self._starts = app, rules, starts
+        self.trace.use(app)
 
     # -- dispatch ---------------------------------------------------------
 
@@ -433,6 +445,10 @@ class Engine:
             "; ".join(f.message for f in retry.failures),
         )
         await self.bus.dead_letter(retry)
+
+
+def enabled(app: App) -> dict[str, RuleSpec]:
+    return {name: rule for name, rule in app.rules.items() if rule.enabled}
 
 
 def evaluate(rule: RuleSpec, event: Event, ctx: EvalContext) -> Any:

@@ -130,6 +130,12 @@ class Recorder:
         self._batches: dict[int, Batch] = {}
         self._writes: set[asyncio.Task[None]] = set()
 
+    def use(self, app: App) -> None:
+        """Record against a reloaded app's rules from now on."""
+        self.enabled = app.trace
+        self.version = app_version(app.rules)
+        self._sql = {name: sql_hash(rule) for name, rule in app.rules.items()}
+
     def batch(self, events: list[Event]) -> Batch | None:
         """Start recording the delivery of a batch (None when tracing is off)."""
         if not self.enabled:
