@@ -176,3 +176,27 @@ def test_reload_without_a_running_process_says_so(tmp_path: Path) -> None:
     result = cli("reload", data_dir=tmp_path)
     assert result.returncode == 1
     assert result.stderr == f"error: no running rulebus process uses {tmp_path} (use --data-dir)\n"
+
+
+def test_a_rule_added_by_a_reload_runs_on_either_bus(
+    tmp_path: Path, backends: dict[str, str]
+) -> None:
+    """On the distributed bus too, a new rule starts at the log's head when first seen."""
+    app = tmp_path / "app"
+    app.mkdir()
+    write_app(app, V1)
+    server = Server(app, tmp_path / "data", backends).start()
+    try:
+        server.post("/topics/in/a", {"id": "x1"})
+        wait_until(lambda: "x1" in rows(server, "rows"), what="x1 archived")
+        with_copy = V1 + "  copy:\n    sql: SELECT id FROM 'in/#'\n"
+        write_app(app, with_copy + "    actions: [{table: {name: copies}}]\n")
+        result = server.cli("reload")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "added copy" in result.stdout
+        server.post("/topics/in/a", {"id": "x2"})
+        wait_until(lambda: "x2" in rows(server, "copies"), what="x2 copied")
+        wait_until(server.idle, what="idle")
+        assert set(rows(server, "copies")) == {"x2"}
+    finally:
+        server.stop()
