@@ -243,8 +243,8 @@ def test_a_failed_connection_frees_its_place_for_waiting_posts() -> None:
     run(main())
 
 
-def test_a_header_that_would_split_the_request_is_refused_and_nothing_is_sent() -> None:
-    """CR, LF and NUL in a value, or a name that is not a token, never reach the wire."""
+async def refused_before_connecting(client: HttpClient, headers: dict[str, str]) -> Exception:
+    """What ``client.post`` raised, having made no connection to a live server."""
     connections = 0
 
     async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -252,43 +252,36 @@ def test_a_header_that_would_split_the_request_is_refused_and_nothing_is_sent() 
         connections += 1
         writer.close()
 
-    async def main() -> None:
-        server, url = await serve(respond)
-        client = HttpClient(egress=LOOPBACK)
-        for headers in (
-            {"rulebus-topic": "x\r\nx-injected: yes"},
-            {"rulebus-topic": "x\nx-injected: yes"},
-            {"rulebus-topic": "x\x00y"},
-            {"x-injected: yes\r\nx": "v"},
-        ):
-            with pytest.raises(BadHeader, match="header"):
-                await client.post(url, b"{}", headers, 2)
+    server, url = await serve(respond)
+    try:
+        await client.post(url, b"{}", headers, 2)
+    except Exception as exc:
+        error = exc
+    else:
+        raise AssertionError("the request was sent")
+    finally:
         await client.close()
         server.close()
-        assert connections == 0
+    assert connections == 0
+    return error
 
-    run(main())
+
+def test_a_header_that_would_split_the_request_is_refused_and_nothing_is_sent() -> None:
+    """CR, LF and NUL in a value, or a name that is not a token, never reach the wire."""
+    for headers in (
+        {"rulebus-topic": "x\r\nx-injected: yes"},
+        {"rulebus-topic": "x\nx-injected: yes"},
+        {"rulebus-topic": "x\x00y"},
+        {"x-injected: yes\r\nx": "v"},
+    ):
+        error = asyncio.run(refused_before_connecting(HttpClient(egress=LOOPBACK), headers))
+        assert isinstance(error, BadHeader) and "header" in str(error)
 
 
 def test_by_default_the_client_connects_to_public_addresses_only() -> None:
     """Without an allow list, a loopback server is not even connected to."""
-    connections = 0
-
-    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        writer.close()
-
-    async def main() -> None:
-        server, url = await serve(respond)
-        client = HttpClient()
-        with pytest.raises(EgressRefused, match=r"127\.0\.0\.1 is loopback"):
-            await client.post(url, b"{}", {}, 2)
-        await client.close()
-        server.close()
-        assert connections == 0
-
-    run(main())
+    error = asyncio.run(refused_before_connecting(HttpClient(), {}))
+    assert isinstance(error, EgressRefused) and "127.0.0.1 is loopback" in str(error)
 
 
 def test_https_connects_to_the_checked_address_and_verifies_the_url_host(
