@@ -152,9 +152,11 @@ def test_document_is_openapi_31_and_describes_every_route(exchange: Server) -> N
         "GET /openapi.json",
         "POST /topics/{topic}",
         "GET /admin/stats",
+        "GET /admin/events/{id}/trace",
         "POST /event",
         "POST /events",
     }
+    assert_security(found["GET /admin/events/{id}/trace"], SCOPE["/admin/events/{id}/trace"])
     for name in ("GET /healthz", "GET /openapi.json", "POST /event", "POST /events"):
         assert_security(found[name], None)
     assert_security(found["POST /topics/{topic}"], SCOPE["/topics"])
@@ -270,6 +272,8 @@ def sent(har: dict[str, Any], server: Server) -> Counter[tuple[str, str, int]]:
         path = request["url"].removeprefix(server.url).split("?")[0]
         if path.startswith("/topics/"):
             path = "/topics/{topic}"
+        elif path.startswith("/admin/events/"):
+            path = "/admin/events/{id}/trace"
         media = next(
             (h["value"] for h in request["headers"] if h["name"].lower() == "content-type"), ""
         )
@@ -296,16 +300,25 @@ def test_exchange_answers_as_its_document_says(
             ("POST /events", 200),
             ("POST /topics/{topic}", 202),
             ("GET /admin/stats", 200),
+            ("GET /admin/events/{id}/trace", 404),
             ("GET /healthz", 200),
             ("GET /openapi.json", 200),
         }
     elif caller == "no key":
         run = run_schemathesis(exchange, tmp_path, None, "--max-examples", "5")
-        expected = {("POST /topics/{topic}", 401), ("GET /admin/stats", 401)}
+        expected = {
+            ("POST /topics/{topic}", 401),
+            ("GET /admin/stats", 401),
+            ("GET /admin/events/{id}/trace", 401),
+        }
     elif caller == "metrics only":
         key = create_key(exchange, "metrics-only", "--scope", "metrics")
         run = run_schemathesis(exchange, tmp_path, key, "--max-examples", "5")
-        expected = {("POST /topics/{topic}", 403), ("GET /admin/stats", 200)}
+        expected = {
+            ("POST /topics/{topic}", 403),
+            ("GET /admin/stats", 200),
+            ("GET /admin/events/{id}/trace", 403),
+        }
     else:
         key = create_key(
             exchange, "slow", "--scope", "publish", "--scope", "metrics", "--rate", "1/h"
@@ -313,7 +326,7 @@ def test_exchange_answers_as_its_document_says(
         run = run_schemathesis(exchange, tmp_path, key, "--max-examples", "5")
         expected = {("POST /topics/{topic}", 429), ("GET /admin/stats", 429)}
     print(run.line(caller))
-    assert run.report["operations"]["tested"] == 6
+    assert run.report["operations"]["tested"] == 7
     missing = expected - run.answers
     assert not missing, f"no answer {missing} among {sorted(run.answers)}"
     if caller == "every scope":
@@ -327,5 +340,5 @@ def test_keyed_app_answers_401_as_its_document_says(keyed: Server, tmp_path: Pat
     ``WWW-Authenticate``), and the open routes answer as usual."""
     run = run_schemathesis(keyed, tmp_path, None, "--max-examples", "5")
     print(run.line("no key, keyed app"))
-    assert run.report["operations"]["tested"] == 6
+    assert run.report["operations"]["tested"] == 7
     assert {("POST /reading", 401), ("POST /readings", 401), ("GET /healthz", 200)} <= run.answers

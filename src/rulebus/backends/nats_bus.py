@@ -25,11 +25,13 @@ Layout, all named after the ``stream`` URL option (default ``RULEBUS``):
   a failed delivery of an event in slot n, waiting for its next attempt.
 - stream ``NAME_DLQ``, subject ``NAME.dlq``: dead letters; a dead letter's
   id is its stream sequence.
-- stream ``NAME_TRACE``: trace runs (``rulebus.engine.trace``), subject
-  ``NAME.trace.<n>`` for what dispatch did in slot n (one message per slot
-  per commit, published alongside the cursor writes), ``NAME.trace.other``
-  for retry attempts and replays. There is no index by event id: a trace
-  reads the log and this stream from the event's time on.
+- stream ``NAME_TRACE``: trace runs (``rulebus.engine.trace``), a message
+  being a JSON array of them. Subject ``NAME.trace.<n>`` for what dispatch
+  did in slot n, gathered for up to ``TRACE_FLUSH`` seconds and published
+  apart from the commit: each message is a sync on the server, and one per
+  commit slowed appends. ``NAME.trace.other`` for retry attempts and replays,
+  published at once. There is no index by event id: a trace reads the log
+  and this stream from the event's time on.
 
 Engine processes share the slots: each one claims about ``slots / live
 processes`` of them, renews its leases every second, and gives up slots
@@ -117,6 +119,10 @@ PUBLISH_TIMEOUT = 10.0  # seconds an append waits for JetStream's acknowledgemen
 DEFAULT_SLOTS = 8
 OLDEST_SERVER = (2, 12)  # atomic batch publish
 NO_MESSAGE = 10037  # "no message found"
+# Dispatch's trace runs are published this often (seconds): a crash loses at
+# most this much of the traces, never anything of the dispatch.
+TRACE_FLUSH = 1.0
+TRACE_RUNS_PER_MESSAGE = 16  # a run of a full batch is some 10-30 KB
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,8 @@ class NatsBus:
         self._retries: dict[str, tuple[int, Retry]] = {}  # KV key -> (slot, retry)
         self._retry_keys: dict[tuple[str, str], str] = {}  # (event id, rule) -> KV key
         self._background: set[asyncio.Future[None]] = set()
+        self._traces: dict[str, list[dict[str, Any]]] = {}  # subject -> runs to publish
+        self._trace_flusher: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: Any = None
         self._lease_lock = asyncio.Lock()
@@ -426,6 +434,11 @@ class NatsBus:
         self._tasks = []
         if self._nc is None:
             return
+        if self._trace_flusher is not None:
+            self._trace_flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._trace_flusher
+        await self._publish_traces()
         self._closing = True
         # Hand the slots over at once rather than after the lease runs out.
         for slot in list(self._slots.values()):
@@ -913,7 +926,10 @@ class NatsBus:
         self, events: Sequence[Event], retries: Sequence[Retry], runs: Sequence[TraceRun] = ()
     ) -> None:
         await asyncio.gather(*(self._put_retry(self._number(r.event), r) for r in retries))
-        traces = self._trace_messages(runs)
+        for subject, record in self._trace_records(runs):
+            self._traces.setdefault(subject, []).append(record)
+        if self._traces and self._trace_flusher is None:
+            self._trace_flusher = asyncio.create_task(self._flush_traces(), name="nats-traces")
         async with self._lease_lock:
             through: dict[int, tuple[int, bool]] = {}
             for event in events:
@@ -926,10 +942,7 @@ class NatsBus:
                 for number, (seq, whole) in through.items()
                 if (slot := self._slots.get(number)) is not None and seq > slot.cursor
             ]  # a slot given up meanwhile is read again by its next owner
-            written, _ = await asyncio.gather(
-                asyncio.gather(*(self._write_lease(*move) for move in moved)),
-                self._publish_traces(traces),
-            )
+            written = await asyncio.gather(*(self._write_lease(*move) for move in moved))
             for (slot, _, _), ok in zip(moved, written, strict=True):
                 if not ok:
                     log.warning("slot %d was taken over by another process", slot.number)
@@ -955,6 +968,7 @@ class NatsBus:
             cut = max(cut, first + math.ceil(excess * state.messages / state.bytes))
         cut = min(cut, await self._first_since(now - retention.duplicate_window, last))
         removed = 0
+        purged = []
         for slot in list(self._slots.values()):
             # The cursor's message stays unless all its events were dispatched.
             upto = min(cut, (slot.cursor >> SHIFT) + (1 if slot.whole else 0))
@@ -963,11 +977,15 @@ class NatsBus:
                     f"STREAM.PURGE.{self._stream}",
                     {"filter": f"{self._subject}.{slot.number}", "seq": upto},
                 )
-                removed += int(answer.get("purged", 0))
+                if answer.get("purged"):
+                    removed += int(answer["purged"])
+                    purged.append(slot.number)
+        # Trace runs only where events went: a purge is a write (and a sync) on the server.
         try:
-            for slot in list(self._slots.values()):
-                await self._purge_traces(str(slot.number), f"{self._subject}.{slot.number}")
-            await self._purge_traces("other", f"{self._subject}.*")
+            for number in purged:
+                await self._purge_traces(str(number), f"{self._subject}.{number}")
+            if purged:
+                await self._purge_traces("other", f"{self._subject}.*")
         except Exception as exc:
             log.warning("retention: removing old trace runs failed: %s", _reason(exc))
         return removed
@@ -992,8 +1010,8 @@ class NatsBus:
 
     # -- traces and history --------------------------------------------------
 
-    def _trace_messages(self, runs: Sequence[TraceRun]) -> list[tuple[str, bytes]]:
-        """Each run cut by slot (so that each slot's owner purges its own), as messages."""
+    def _trace_records(self, runs: Sequence[TraceRun]) -> list[tuple[str, dict[str, Any]]]:
+        """Each run cut by slot (so that each slot's owner purges its own), with its subject."""
         out = []
         for run in runs:
             slots: dict[str, list[dict[str, Any]]] = {}
@@ -1010,13 +1028,25 @@ class NatsBus:
                     slots.setdefault(slot, []).append(part)
             for slot, jobs in slots.items():
                 record = {**run.record, "jobs": jobs, "at": run.at}
-                out.append((f"{self._trace_subject}.{slot}", codec.dumps(record)))
+                out.append((f"{self._trace_subject}.{slot}", record))
         return out
 
-    async def _publish_traces(self, messages: list[tuple[str, bytes]]) -> None:
-        """Publish trace runs; one that fails is logged and lost, never the commit."""
-        if not messages:
-            return
+    async def _flush_traces(self) -> None:
+        try:
+            while self._traces:
+                await asyncio.sleep(TRACE_FLUSH)
+                await self._publish_traces()
+        finally:
+            self._trace_flusher = None
+
+    async def _publish_traces(self) -> None:
+        """Publish the gathered trace runs; what fails is logged and lost, never a commit."""
+        taken, self._traces = self._traces, {}
+        messages = [
+            (subject, codec.dumps(part))
+            for subject, records in taken.items()
+            for part in _trace_parts(records)
+        ]
         sent = await asyncio.gather(
             *(
                 self._js.publish(subject, data, timeout=PUBLISH_TIMEOUT)
@@ -1026,12 +1056,15 @@ class NatsBus:
         )
         failed = [r for r in sent if isinstance(r, BaseException)]
         if failed:
-            log.warning("keeping %d trace runs failed: %s", len(failed), _reason(failed[0]))
+            log.warning("keeping %d trace messages failed: %s", len(failed), _reason(failed[0]))
 
     async def record(self, runs: Sequence[TraceRun]) -> None:
-        for _, data in self._trace_messages(runs):
-            # Retries and replays: their slot's owner is not known here.
-            await self._js.publish(f"{self._trace_subject}.other", data, timeout=PUBLISH_TIMEOUT)
+        # Retries and replays: their slot's owner is not known here.
+        records = [record for _, record in self._trace_records(runs)]
+        for part in _trace_parts(records):
+            await self._js.publish(
+                f"{self._trace_subject}.other", codec.dumps(part), timeout=PUBLISH_TIMEOUT
+            )
 
     async def _scan(self, stream: str, subject: str, since_ms: int | None) -> AsyncIterator[Any]:
         """The stream's messages on ``subject`` stored from ``since_ms`` on, up to its last now."""
@@ -1069,9 +1102,9 @@ class NatsBus:
         # Runs are kept after their events: read on from the earliest one's time.
         first = min(event.ts for event in events.values()) - 60_000
         async for msg in self._scan(self._trace_stream, f"{self._trace_subject}.*", first):
-            record = codec.loads(msg.data)
-            for seq in {seq for job in record["jobs"] for seq in job["seqs"]} & set(runs):
-                runs[seq].append((record["at"], record))
+            for record in codec.loads(msg.data):
+                for seq in {seq for job in record["jobs"] for seq in job["seqs"]} & set(runs):
+                    runs[seq].append((record["at"], record))
         letters = [letter for letter in await self.dead_letters() if letter.event.id in wanted]
         retries = []
         for key in await self._keys("", self.retry_kv):
@@ -1106,10 +1139,8 @@ class NatsBus:
         # Delivered by some run with no error (a later run may redo what failed).
         done: set[int] = set()
         async for msg in self._scan(self._trace_stream, f"{self._trace_subject}.other", None):
-            record = codec.loads(msg.data)
-            if record.get("replay") != replay:
-                continue
-            for job in record["jobs"]:
+            records = [r for r in codec.loads(msg.data) if r.get("replay") == replay]
+            for job in (job for record in records for job in record["jobs"]):
                 failed = {int(seq) for seq in job.get("errors", {})}
                 done.update(seq for seq in job["seqs"] if seq not in failed)
         ids = set()
@@ -1295,6 +1326,14 @@ class NatsBus:
             await self._js.delete_msg(self._dlq_stream, seq)
             count += 1
         return count
+
+
+def _trace_parts(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Trace runs in messages of at most TRACE_RUNS_PER_MESSAGE (under the server's max payload)."""
+    return [
+        records[i : i + TRACE_RUNS_PER_MESSAGE]
+        for i in range(0, len(records), TRACE_RUNS_PER_MESSAGE)
+    ]
 
 
 def _reason(exc: BaseException) -> str:

@@ -155,7 +155,10 @@ class Recorder:
         """Run one action over its deliveries, recording when, how long and what failed."""
         started = time.perf_counter()
         errors = await work
-        batch.add(rule, self._sql.get(rule, ""), 1, deliveries, index, started, errors)
+        try:
+            batch.add(rule, self._sql.get(rule, ""), 1, deliveries, index, started, errors)
+        except Exception:
+            log.exception("recording a trace failed (the trace will miss it)")
         return errors
 
     def attempt(
@@ -170,6 +173,20 @@ class Recorder:
         """Record one attempt of one delivery outside the batch path (keyed or retried)."""
         if not self.enabled:
             return
+        try:
+            self._attempt(rule, delivery, attempt, indices, failed, started)
+        except Exception:
+            log.exception("recording a trace failed (the trace will miss it)")
+
+    def _attempt(
+        self,
+        rule: str,
+        delivery: Delivery,
+        attempt: int,
+        indices: Sequence[int],
+        failed: Sequence[tuple[int, Failure]],
+        started: float,
+    ) -> None:
         errors = dict(failed)
         batch = _current.get()
         own = batch is None
@@ -190,7 +207,10 @@ class Recorder:
         for events in batches:
             batch = self._batches.pop(id(events), None)
             if batch is not None and batch.jobs:
-                runs.append(batch.run(self.version))
+                try:
+                    runs.append(batch.run(self.version))
+                except Exception:
+                    log.exception("recording a trace failed (the trace will miss it)")
         return runs
 
     def _keep(self, run: TraceRun) -> None:
