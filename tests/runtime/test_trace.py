@@ -358,9 +358,11 @@ def test_the_flagged_buy_tree_on_nats(tmp_path: Path, nats_bus: dict[str, str]) 
         wait_until(lambda: receiver.received and server.idle(), what="the alert's webhook")
         # NATS: dispatch's trace runs are published within a second of the commit.
         answer = wait_until(
-            lambda: (a := server.get(f"/admin/events/{buy}/trace")).json()["children"]
-            and a.json()["children"][0]["trace"]["rules"][0].get("attempts")
-            and a,
+            lambda: (
+                (a := server.get(f"/admin/events/{buy}/trace")).json()["children"]
+                and a.json()["children"][0]["trace"]["rules"][0].get("attempts")
+                and a
+            ),
             what="the whole tree traced",
         )
         check_flagged_buy_tree(answer.json(), buy)
