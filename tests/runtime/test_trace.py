@@ -398,3 +398,56 @@ def test_retry_attempts_and_the_dead_letter_on_nats(
     finally:
         server.stop()
         receiver.close()
+
+
+def trace_messages(nats_url: str, stream: str) -> int:
+    """How many messages the NATS bus's trace stream holds."""
+    import asyncio
+
+    import nats
+
+    async def count() -> int:
+        nc = await nats.connect(nats_url, connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            info = await nc.jetstream(timeout=10).stream_info(f"{stream}_TRACE")
+            return int(info.state.messages)
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+def test_traces_go_with_their_events_on_nats(
+    tmp_path: Path, nats_server: Any, nats_bus: dict[str, str]
+) -> None:
+    """Once retention has purged a slot's events, the trace runs of that slot go too."""
+    receiver = Receiver()
+    # Long enough for the trace runs (published within a second) to be seen first.
+    retention = "retention: {max_age: 3s, duplicate_window: 1s, compact_every: 200ms}\n"
+    env = {"RULEBUS_BUS": nats_bus["RULEBUS_BUS"] + "&duplicate_window=1"}
+    stream = env["RULEBUS_BUS"].split("stream=")[1].split("&")[0]
+    server = Server(failing_app(tmp_path, receiver.url, retention), tmp_path / "data", env)
+    server.start()
+    try:
+        old = [publish(server, "audit/old", {"n": n}) for n in range(5)]
+        wait_until(
+            lambda: all(
+                rule(server.get(f"/admin/events/{e}/trace").json(), "audit").get("attempts")
+                for e in old
+            ),
+            what="old events traced",
+        )
+        assert trace_messages(nats_server.url, stream) > 0
+        wait_until(
+            lambda: all(server.get(f"/admin/events/{e}/trace").status_code == 404 for e in old),
+            timeout=20,
+            what="old events purged",
+        )
+        wait_until(
+            lambda: trace_messages(nats_server.url, stream) == 0,
+            timeout=20,
+            what="their trace runs purged",
+        )
+    finally:
+        server.stop()
+        receiver.close()

@@ -956,6 +956,7 @@ class NatsBus:
             return 0
         state = (await self._js.stream_info(self._stream)).state
         if not state.messages:
+            await self._purge_old_traces()
             return 0
         first, last = int(state.first_seq), int(state.last_seq)
         now = time.time()
@@ -968,7 +969,6 @@ class NatsBus:
             cut = max(cut, first + math.ceil(excess * state.messages / state.bytes))
         cut = min(cut, await self._first_since(now - retention.duplicate_window, last))
         removed = 0
-        purged = []
         for slot in list(self._slots.values()):
             # The cursor's message stays unless all its events were dispatched.
             upto = min(cut, (slot.cursor >> SHIFT) + (1 if slot.whole else 0))
@@ -977,18 +977,23 @@ class NatsBus:
                     f"STREAM.PURGE.{self._stream}",
                     {"filter": f"{self._subject}.{slot.number}", "seq": upto},
                 )
-                if answer.get("purged"):
-                    removed += int(answer["purged"])
-                    purged.append(slot.number)
-        # Trace runs only where events went: a purge is a write (and a sync) on the server.
+                removed += int(answer.get("purged", 0))
+        await self._purge_old_traces()
+        return removed
+
+    async def _purge_old_traces(self) -> None:
+        """Remove the trace runs of the events gone from the slots this process owns.
+
+        Every pass, not only where events went now: a slot's last runs are
+        published up to TRACE_FLUSH after its events may have gone.
+        """
         try:
-            for number in purged:
-                await self._purge_traces(str(number), f"{self._subject}.{number}")
-            if purged:
+            if (await self._js.stream_info(self._trace_stream)).state.messages:
+                for slot in list(self._slots.values()):
+                    await self._purge_traces(str(slot.number), f"{self._subject}.{slot.number}")
                 await self._purge_traces("other", f"{self._subject}.*")
         except Exception as exc:
             log.warning("retention: removing old trace runs failed: %s", _reason(exc))
-        return removed
 
     async def _first_since(self, at: float, last: int, stream: str | None = None) -> int:
         """The first message stored at or after ``at``: its sequence, or the last one's + 1."""

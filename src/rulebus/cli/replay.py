@@ -13,17 +13,18 @@ import click
 
 from rulebus import codec
 from rulebus.actions.base import Services
-from rulebus.backends.base import Appended
+from rulebus.backends.base import Appended, Bus
 from rulebus.backends.registry import open_store
 from rulebus.cli.common import backends, backends_option, data_dir_option, require_data_dir
 from rulebus.cli.progress import Progress
 from rulebus.cli.trace import app_option, current_app
-from rulebus.engine.replay import Replay, parse_filter, parse_time, replay_id
+from rulebus.engine.replay import Counts, Replay, parse_filter, parse_time, replay_id
 from rulebus.errors import ActionError, BadInput, Unavailable
 from rulebus.events import Event
 from rulebus.functions import FunctionHost
 from rulebus.notifications import Notifier
 from rulebus.runtime import Backends, stores
+from rulebus.sql import TopicFilter
 from rulebus.template.model import App
 
 
@@ -83,10 +84,10 @@ async def _replay(
     where: Backends,
     since_ms: int | None,
     until_ms: int | None,
-    topic: Any,
+    topic: TopicFilter | None,
     run_id: str,
     dry_run: bool,
-) -> Any:
+) -> Counts:
     if dry_run:
         bus = open_store("bus", where.bus, data_dir)
         await bus.open()
@@ -136,14 +137,14 @@ async def _replay(
 async def _run(
     app: App,
     rule_name: str,
-    bus: Any,
+    bus: Bus,
     services: Services | None,
     since_ms: int | None,
     until_ms: int | None,
-    topic: Any,
+    topic: TopicFilter | None,
     run_id: str,
     dry_run: bool,
-) -> Any:
+) -> Counts:
     replay = Replay(
         app,
         app.rules[rule_name],
