@@ -313,3 +313,40 @@ def test_replay_on_nats(tmp_path: Path, nats_bus: dict[str, str]) -> None:
     finally:
         server.stop()
         receiver.close()
+
+
+def test_events_a_replayed_function_publishes_are_children_in_the_trace(tmp_path: Path) -> None:
+    """Replaying the exchange's check-buys publishes the alert again under an id derived
+    from the replay (once, however often it runs); the buy's trace shows both children."""
+    from fraud import is_fraud
+
+    from tests.runtime.conftest import SECRET
+    from tests.runtime.helpers import EXCHANGE
+
+    receiver = Receiver()
+    hook = {"RULEBUS_FRAUD_WEBHOOK_URL": receiver.url, "RULEBUS_FRAUD_WEBHOOK_SECRET": SECRET}
+    server = Server(EXCHANGE, tmp_path / "data", hook).start()
+    try:
+        buy = next(f"b-{n}" for n in range(1000) if is_fraud(f"b-{n}"))
+        server.post("/event", {"type": "buy", "price": 1, "id": buy})
+        wait_until(lambda: len(receiver.received) == 1 and server.idle(), what="the alert")
+        for _ in range(2):
+            result = server.cli("replay", "--rule", "check-buys", "--app", str(EXCHANGE))
+            assert result.returncode == 0, result.stderr
+        wait_until(lambda: len(receiver.received) == 2 and server.idle(), what="the replayed alert")
+        trace = wait_until(
+            lambda: (
+                len((t := json.loads(server.cli("trace", buy, "--json").stdout))["children"]) == 2
+                and t
+            ),
+            what="both children traced",
+        )
+        dispatched, replayed = sorted(trace["children"], key=lambda c: c["replay"] is not None)
+        assert dispatched["replay"] is None and replayed["replay"]
+        for child in (dispatched, replayed):
+            assert child["trace"]["event"]["topic"] == "alert/fraud"
+            assert child["trace"]["rules"][0]["status"] == "delivered"
+        assert len({r.headers["webhook-id"] for r in receiver.received}) == 2
+    finally:
+        server.stop()
+        receiver.close()
