@@ -34,7 +34,7 @@ from rulebus.template.model import App
 @click.option("--until", help="Up to this time (same forms).")
 @click.option("--topic", "topic_filter", help="Only events whose topic matches this filter.")
 @click.option("--dry-run", is_flag=True, help="Run no action: print what the rule would do.")
-@app_option
+@app_option("The app whose rule to run, as its file is now.")
 @data_dir_option
 @backends_option
 def replay_command(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -16,14 +17,19 @@ from rulebus.template import load_app
 from rulebus.template.model import App
 from rulebus.trace import trace as build_trace
 
-app_option = click.option(
-    "--app",
-    "app_dir",
-    type=click.Path(path_type=Path),
-    default=lambda: os.environ.get("RULEBUS_APP"),
-    show_default="$RULEBUS_APP",
-    help="The app as it runs now: shows the rules the event did not match, and action names.",
-)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def app_option(what: str) -> Callable[[F], F]:
+    """``--app``: the app folder, from ``$RULEBUS_APP`` or else the current folder's."""
+    return click.option(
+        "--app",
+        "app_dir",
+        type=click.Path(path_type=Path),
+        default=lambda: os.environ.get("RULEBUS_APP"),
+        show_default="$RULEBUS_APP, or the current folder's rulebus.yaml",
+        help=what,
+    )
 
 
 def current_app(app_dir: Path | None) -> App | None:
@@ -39,7 +45,7 @@ def current_app(app_dir: Path | None) -> App | None:
 @click.command("trace")
 @click.argument("event_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON (as HTTP gives it).")
-@app_option
+@app_option("The app as it runs now: adds the rules the event did not match, and action names.")
 @data_dir_option
 @backends_option
 def trace_command(
