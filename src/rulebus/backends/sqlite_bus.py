@@ -84,6 +84,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     failed_at REAL NOT NULL,
     failures TEXT NOT NULL
 );
+-- A trace looks an event's dead letters up, and compaction skips their events.
+CREATE INDEX IF NOT EXISTS dead_letters_seq ON dead_letters (seq);
 CREATE TABLE IF NOT EXISTS log_marks (
     at REAL PRIMARY KEY,
     seq INTEGER NOT NULL
