@@ -451,3 +451,43 @@ def test_traces_go_with_their_events_on_nats(
     finally:
         server.stop()
         receiver.close()
+
+
+KEYED = """
+egress: {{allow: [127.0.0.0/8]}}
+notifications:
+  alerts:
+    subscribers:
+      - webhook: {{url: "{url}", timeout: 2s}}
+retry: {{attempts: 3, backoff: 50ms, max_backoff: 100ms}}
+rules:
+  per-sensor:
+    sql: SELECT * FROM 'sensors/+'
+    partition_key: ${{sensor}}
+    actions:
+      - notify: {{topic: alerts}}
+"""
+
+
+def test_a_keyed_delivery_retried_in_place_shows_each_attempt(tmp_path: Path) -> None:
+    """Deliveries with a partition key are retried in place, in the batch: the trace has
+    each attempt, the errors of the failed ones and the success."""
+    receiver = Receiver(fail_first=2)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "rulebus.yaml").write_text(textwrap.dedent(KEYED.format(url=receiver.url)))
+    server = Server(app, tmp_path / "data").start()
+    try:
+        event = publish(server, "sensors/s1", {"sensor": "s1", "value": 3})
+        wait_until(lambda: receiver.received and server.idle(), what="the third attempt")
+        trace = server.get(f"/admin/events/{event}/trace").json()
+        keyed = rule(trace, "per-sensor")
+        assert keyed["status"] == "delivered"
+        assert [a["attempt"] for a in keyed["attempts"]] == [1, 2, 3]
+        errors = [a["actions"][0]["error"] for a in keyed["attempts"]]
+        assert "answered 503" in errors[0] and "answered 503" in errors[1]
+        assert errors[2] is None
+        assert trace["dead_letters"] == []
+    finally:
+        server.stop()
+        receiver.close()
