@@ -266,26 +266,38 @@ rules:
 """
 
 
-def test_dlq_redrive_all_shows_progress_and_a_summary(tmp_path: Path) -> None:
+def redrive_all(tmp_path: Path, env: dict[str, str] | None = None) -> None:
     receiver = Receiver(status=500)
     app = tmp_path / "app"
     app.mkdir()
     (app / "rulebus.yaml").write_text(textwrap.dedent(DEAD.format(url=receiver.url)))
-    server = Server(app, tmp_path / "data").start()
+    server = Server(app, tmp_path / "data", env).start()
     try:
-        for n in range(3):
+        for n in range(4):
             server.post("/topics/jobs/a", {"n": n})
-        wait_until(lambda: len(server.dead_letters()) == 3, what="three dead letters")
+        wait_until(lambda: len(server.dead_letters()) == 4, what="four dead letters")
         server.stop()
+        first_id = server.dead_letters()[0]["id"]
+        assert server.cli("dlq", "redrive", str(first_id)).stdout == "redriven: 1\n"
         server.env["RULEBUS_PROGRESS_EVERY"] = "0"
         result = server.cli("dlq", "redrive", "--all")
         assert result.returncode == 0 and result.stdout == "redriven: 3\n"
         first, summary = result.stderr.splitlines()
         assert first.startswith("dlq redrive: 3/3 dead letters, ") and first.endswith("0s left")
         assert summary.startswith("dlq redrive: redriven 3 in ")
+        assert server.dead_letters() == []
     finally:
         server.stop()
         receiver.close()
+
+
+def test_dlq_redrive_all_shows_progress_and_a_summary(tmp_path: Path) -> None:
+    redrive_all(tmp_path)
+
+
+def test_dlq_redrive_on_nats(tmp_path: Path, nats_bus: dict[str, str]) -> None:
+    """By id (read one by one) and all of them, with the same progress."""
+    redrive_all(tmp_path, nats_bus)
 
 
 @pytest.fixture

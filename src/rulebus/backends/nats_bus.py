@@ -1319,13 +1319,22 @@ class NatsBus:
             for seq, letter in await self._letters()
         ]
 
+    async def _letters_by_id(self, ids: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
+        """The dead letters with these ids (a read each, not the whole stream)."""
+        out = []
+        for seq in sorted(set(ids)):
+            try:
+                msg = await self._js.get_msg(self._dlq_stream, seq=seq)
+            except nats.js.errors.NotFoundError:
+                continue
+            out.append((seq, codec.loads(msg.data)))
+        return out
+
     async def redrive(self, ids: Sequence[int] | None) -> int:
-        wanted = None if ids is None else set(ids)
         count = 0
         now = time.time()
-        for seq, letter in await self._letters():
-            if wanted is not None and seq not in wanted:
-                continue
+        letters = await (self._letters() if ids is None else self._letters_by_id(ids))
+        for seq, letter in letters:
             event = _event(letter["event"], letter["seq"])
             await self._put_retry(letter.get("slot"), Retry(event, letter["rule"], 0, now, []))
             await self._js.delete_msg(self._dlq_stream, seq)
