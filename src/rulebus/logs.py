@@ -1,5 +1,9 @@
 """Server logging: records go through a queue to a thread that writes them in batches.
 
+Lines are text (``FORMAT``) or, with ``--log-format json``, one JSON object
+each: ``time``, ``level``, ``logger``, ``message``, and the ``event_id``,
+``rule`` and ``action`` a record carries (``extra=`` at the engine's calls).
+
 The event loop only formats a record's message and queues it, so a slow
 stderr never blocks it. The log subscriber of a notification topic writes a
 line per notification, thousands a second under load, so the standard
@@ -14,10 +18,15 @@ import queue
 import sys
 import threading
 import time
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from rulebus import codec
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 BATCH = 256  # lines per write at most
+FORMATS = ("text", "json")
+CONTEXT = ("event_id", "rule", "action")  # what a record may carry, named as in the JSON
 
 
 class _Enqueue(logging.Handler):
@@ -55,13 +64,36 @@ class _Formatter(logging.Formatter):
         return f"{self._text},{int(record.msecs):03d}"
 
 
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (a traceback goes in ``exc``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in CONTEXT:
+            value = getattr(record, key, None)
+            if value is not None:
+                line[key] = value
+        for key, value in getattr(record, "fields", {}).items():
+            line[key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            line["exc"] = record.exc_text
+        return codec.dumps_str(line)
+
+
 class LogWriter:
     """Owns the root logger's output until ``stop``; started by :func:`log_to_stderr`."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, form: str = "text") -> None:
         self.records: queue.SimpleQueue[logging.LogRecord | None] = queue.SimpleQueue()
         self._stream = stream
-        self._format = _Formatter()
+        self._format: logging.Formatter = _JsonFormatter() if form == "json" else _Formatter()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
 
     def start(self) -> None:
@@ -71,7 +103,10 @@ class LogWriter:
         """Write what is queued and stop; later records go straight to the stream."""
         root = logging.getLogger()
         root.handlers[:] = [h for h in root.handlers if not isinstance(h, _Enqueue)]
-        root.addHandler(logging.StreamHandler(self._stream))
+        handler = logging.StreamHandler(self._stream)
+        if isinstance(self._format, _JsonFormatter):
+            handler.setFormatter(self._format)  # JSON lines stay JSON to the end
+        root.addHandler(handler)
         self.records.put(None)
         self._thread.join()
 
@@ -98,8 +133,11 @@ class LogWriter:
                 return
 
 
-def log_to_stderr(level: str) -> LogWriter:
-    """Send the root logger's records at ``level`` and above to stderr, through a queue."""
+def log_to_stderr(level: str, form: str = "text") -> LogWriter:
+    """Send the root logger's records at ``level`` and above to stderr, through a queue.
+
+    ``form``: one of ``FORMATS``.
+    """
     # Log lines never show the caller's file and line, nor the thread or
     # process, so records skip finding them (the logging docs' own
     # optimisation for hot paths; getpid alone is a system call per record).
@@ -107,7 +145,7 @@ def log_to_stderr(level: str) -> LogWriter:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    writer = LogWriter(sys.stderr)
+    writer = LogWriter(sys.stderr, form)
     root = logging.getLogger()
     root.handlers[:] = [_Enqueue(writer.records)]
     root.setLevel(level.upper())

@@ -17,6 +17,7 @@ import os
 import signal
 from pathlib import Path
 
+from rulebus import metrics
 from rulebus.runtime import EngineLock
 
 log = logging.getLogger("rulebus.supervisor")
@@ -128,6 +129,7 @@ async def _supervise(command: list[str], stop: asyncio.Event, ready: asyncio.Eve
             return
         stopping.cancel()
         await signalled
+        metrics.process_died(proc.pid)
         log.error("engine process exited with %s; restarting it", proc.returncode)
         await asyncio.sleep(RESTART_DELAY)
 

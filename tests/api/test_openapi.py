@@ -153,6 +153,7 @@ def test_document_is_openapi_31_and_describes_every_route(exchange: Server) -> N
         "POST /topics/{topic}",
         "GET /admin/stats",
         "GET /admin/events/{id}/trace",
+        "GET /metrics",
         "POST /event",
         "POST /events",
     }
@@ -161,6 +162,7 @@ def test_document_is_openapi_31_and_describes_every_route(exchange: Server) -> N
         assert_security(found[name], None)
     assert_security(found["POST /topics/{topic}"], SCOPE["/topics"])
     assert_security(found["GET /admin/stats"], SCOPE["/admin/stats"])
+    assert_security(found["GET /metrics"], SCOPE["/metrics"])
 
     event = found["POST /event"]["requestBody"]["content"]["application/json"]["schema"]
     assert event["required"] == ["type"]
@@ -301,6 +303,7 @@ def test_exchange_answers_as_its_document_says(
             ("POST /topics/{topic}", 202),
             ("GET /admin/stats", 200),
             ("GET /admin/events/{id}/trace", 404),
+            ("GET /metrics", 200),
             ("GET /healthz", 200),
             ("GET /openapi.json", 200),
         }
@@ -310,6 +313,7 @@ def test_exchange_answers_as_its_document_says(
             ("POST /topics/{topic}", 401),
             ("GET /admin/stats", 401),
             ("GET /admin/events/{id}/trace", 401),
+            ("GET /metrics", 401),
         }
     elif caller == "metrics only":
         key = create_key(exchange, "metrics-only", "--scope", "metrics")
@@ -318,15 +322,20 @@ def test_exchange_answers_as_its_document_says(
             ("POST /topics/{topic}", 403),
             ("GET /admin/stats", 200),
             ("GET /admin/events/{id}/trace", 403),
+            ("GET /metrics", 200),
         }
     else:
         key = create_key(
             exchange, "slow", "--scope", "publish", "--scope", "metrics", "--rate", "1/h"
         )
         run = run_schemathesis(exchange, tmp_path, key, "--max-examples", "5")
-        expected = {("POST /topics/{topic}", 429), ("GET /admin/stats", 429)}
+        expected = {
+            ("POST /topics/{topic}", 429),
+            ("GET /admin/stats", 429),
+            ("GET /metrics", 429),
+        }
     print(run.line(caller))
-    assert run.report["operations"]["tested"] == 7
+    assert run.report["operations"]["tested"] == 8
     missing = expected - run.answers
     assert not missing, f"no answer {missing} among {sorted(run.answers)}"
     if caller == "every scope":
@@ -340,5 +349,5 @@ def test_keyed_app_answers_401_as_its_document_says(keyed: Server, tmp_path: Pat
     ``WWW-Authenticate``), and the open routes answer as usual."""
     run = run_schemathesis(keyed, tmp_path, None, "--max-examples", "5")
     print(run.line("no key, keyed app"))
-    assert run.report["operations"]["tested"] == 7
+    assert run.report["operations"]["tested"] == 8
     assert {("POST /reading", 401), ("POST /readings", 401), ("GET /healthz", 200)} <= run.answers

@@ -19,11 +19,13 @@ from urllib.parse import unquote_to_bytes
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from rulebus import codec
+from rulebus import codec, metrics
+from rulebus.api import access
 from rulebus.api.auth import Authenticator, require, require_topic
 from rulebus.api.ingest import (
     MAX_BATCH_BODY,
@@ -108,6 +110,7 @@ SCOPE = {
     "/topics": ("publish",),
     "/admin/stats": ("admin", "metrics"),
     "/admin/events/{id}/trace": ("admin",),
+    "/metrics": ("metrics", "admin"),
 }
 
 
@@ -116,20 +119,27 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
 
     async def caller(incoming: Incoming, route: str, what: str) -> ApiKey:
         key = await auth.authenticate(incoming.authorization)
+        access.note_key(key.name)
         require(key, SCOPE[route], what)
         return key
 
     def single(route: RouteSpec) -> Any:
         what = f"POST {route.path}"
+        counts = metrics.IngestMetrics(route.path)
 
         async def endpoint(request: Request) -> Response:
             incoming = Incoming(request)
             principal = None
             if route.auth == "key":
                 principal = (await caller(incoming, "ingest", what)).name
-            body = decode(await read_body(request, incoming, MAX_BODY))
-            event = route_event(route, body, incoming.client_id, now_ms(), principal)
-            (appended,) = await bus.append([event])
+            try:
+                body = decode(await read_body(request, incoming, MAX_BODY))
+                event = route_event(route, body, incoming.client_id, now_ms(), principal)
+                (appended,) = await bus.append([event])
+            except RulebusError as exc:
+                counts.refused(exc)
+                raise
+            counts.add("duplicate" if appended.duplicate else "accepted")
             status = 200 if appended.duplicate else 202
             return JSON(
                 {"id": event.id, "topic": event.topic, "duplicate": appended.duplicate},
@@ -140,6 +150,7 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
 
     def batch(route: RouteSpec) -> Any:
         what = f"POST {route.batch_path}"
+        counts = metrics.IngestMetrics(route.batch_path or route.path)
 
         async def endpoint(request: Request) -> Response:
             incoming = Incoming(request)
@@ -162,11 +173,16 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
                     continue
                 results.append({"id": event.id, "topic": event.topic})
                 events.append(event)
-            appended = iter(await bus.append(events)) if events else iter(())
+            try:
+                appended = iter(await bus.append(events)) if events else iter(())
+            except RulebusError as exc:
+                counts.refused(exc, len(events))
+                raise
             for result in results:
                 if "id" in result:
                     result["duplicate"] = next(appended).duplicate
             rejected = sum(1 for r in results if "error" in r)
+            counts.add_batch(results, rejected)
             return JSON(
                 {"accepted": len(results) - rejected, "rejected": rejected, "results": results},
                 status_code=207 if rejected else 200,
@@ -174,14 +190,21 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
 
         return endpoint
 
+    published = metrics.IngestMetrics("/topics")
+
     async def publish(request: Request) -> Response:
         incoming = Incoming(request)
         key = await caller(incoming, "/topics", "publish to topics")
-        topic = validate_topic(_path_topic(request))
-        require_topic(key, topic)
-        body = decode(await read_body(request, incoming, MAX_BODY))
-        event = topic_event(topic, body, incoming.client_id, now_ms(), key.name)
-        await bus.append([event])
+        try:
+            topic = validate_topic(_path_topic(request))
+            require_topic(key, topic)
+            body = decode(await read_body(request, incoming, MAX_BODY))
+            event = topic_event(topic, body, incoming.client_id, now_ms(), key.name)
+            (appended,) = await bus.append([event])
+        except RulebusError as exc:
+            published.refused(exc)
+            raise
+        published.add("duplicate" if appended.duplicate else "accepted")
         return JSON({"id": event.id, "topic": event.topic}, status_code=202)
 
     async def healthz(request: Request) -> Response:
@@ -190,6 +213,12 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
     async def stats(request: Request) -> Response:
         await caller(Incoming(request), "/admin/stats", "read /admin/stats")
         return JSON(await runtime.stats())
+
+    async def metrics_text(request: Request) -> Response:
+        await caller(Incoming(request), "/metrics", "read /metrics")
+        if not metrics.enabled():
+            raise NotFound("metrics are off in this app (metrics: {enabled: false})")
+        return Response(await metrics.exposition(bus), media_type=metrics.CONTENT_TYPE)
 
     async def event_trace(request: Request) -> Response:
         await caller(Incoming(request), "/admin/events/{id}/trace", "read traces")
@@ -200,6 +229,7 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
         Route("/openapi.json", openapi_endpoint(runtime.app), methods=["GET"]),
         Route("/admin/stats", stats, methods=["GET"]),
         Route("/admin/events/{id}/trace", event_trace, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
         Route("/topics/{topic:anything}", publish, methods=["POST"]),
     ]
     for spec in runtime.app.routes:
@@ -210,6 +240,7 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
     return Starlette(
         routes=routes,
         exception_handlers={RulebusError: _error, HTTPException: _error, Exception: _error},
+        middleware=[Middleware(access.AccessLog)] if access.enabled() else None,
     )
 
 

@@ -32,6 +32,7 @@ INGEST_SCOPES = ("ingest",)
 PUBLISH_SCOPES = ("publish",)
 STATS_SCOPES = ("admin", "metrics")
 TRACE_SCOPES = ("admin",)
+METRICS_SCOPES = ("metrics", "admin")
 
 _LEVEL_CHARS = r"[A-Za-z0-9_:@=~-]"
 _TOPIC_CHAR = r"[^/+#\x00-\x1f\x7f-\x9f]"
@@ -70,7 +71,7 @@ _COMPONENTS: Schema = {
                 "An API key, made by `rulebus keys create NAME --scope SCOPE…` and sent as"
                 " `Authorization: Bearer rbk_…`. Scopes: `ingest` (the app's routes),"
                 " `publish` (`/topics`, within the key's topic filters), `admin` and"
-                " `metrics` (`/admin/stats`). A key may have a rate limit."
+                " `metrics` (`/admin/stats`, `/metrics`). A key may have a rate limit."
             ),
         }
     },
@@ -419,6 +420,24 @@ def openapi_document(app: App) -> dict[str, Any]:
                 **_auth(STATS_SCOPES),
                 "responses": {
                     "200": _answer("The bus's figures.", _ref("schemas", "Stats")),
+                    **_errors("key", body=False),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "description": f"{_needs(METRICS_SCOPES)} This host's counters (every rulebus"
+                " process on its data directory) and the bus's gauges, in the Prometheus text"
+                " format (version 0.0.4): docs/observability.md.",
+                "parameters": [_ref("parameters", "ClientId")],
+                **_auth(METRICS_SCOPES),
+                "responses": {
+                    "200": {
+                        "description": "The metrics.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "404": _error("Metrics are off in this app (`metrics: {enabled: false}`)."),
                     **_errors("key", body=False),
                 },
             }

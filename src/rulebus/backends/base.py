@@ -154,6 +154,10 @@ class EventLog(Protocol):
 
     async def stats(self) -> BusStats: ...
 
+    async def pending_since(self) -> float | None:
+        """When the oldest event not dispatched yet was appended (Unix seconds), or None."""
+        ...
+
 
 class Consumer(Protocol):
     """One engine process's share of the log, read in order and acknowledged in order.

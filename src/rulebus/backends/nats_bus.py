@@ -648,6 +648,28 @@ class NatsBus:
             raise Unavailable("bus", self.settings.url, _reason(exc)) from None
         return BusStats(head, dispatched, retrying, int(dlq.state.messages), len(owners))
 
+    async def pending_since(self) -> float | None:
+        # The first message of each slot with events not committed yet: the
+        # cursor's own when it stopped inside it, else the next one.
+        oldest: float | None = None
+        try:
+            for number in range(self.settings.slots):
+                cursor, whole = await self._cursor(number)
+                first = (cursor >> SHIFT) + (0 if cursor and not whole else 1)
+                try:
+                    msg = await self._js.get_msg(
+                        self._stream, seq=first, subject=f"{self._subject}.{number}", next=True
+                    )
+                except nats.js.errors.NotFoundError:
+                    continue
+                at = msg.time.timestamp() if msg.time else time.time()
+                oldest = at if oldest is None else min(oldest, at)
+        except RulebusError:
+            raise
+        except Exception as exc:
+            raise Unavailable("bus", self.settings.url, _reason(exc)) from None
+        return oldest
+
     async def _cursor(self, number: int) -> tuple[int, bool]:
         """The slot's committed position, and whether that was the last event of its message."""
         try:

@@ -479,6 +479,13 @@ class SqliteBus:
         (parts,) = db.execute("SELECT count(*) FROM dispatch_parts").fetchone()
         return BusStats(_head(db), _dispatched_through(db), int(retrying), int(dead), int(parts))
 
+    async def pending_since(self) -> float | None:
+        db = self._db
+        row = db.execute(
+            "SELECT ts FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (_dispatched_through(db),)
+        ).fetchone()
+        return None if row is None else row[0] / 1000
+
     # -- this partition's share ----------------------------------------------
 
     async def start(self, rules: Iterable[str]) -> dict[str, int]:

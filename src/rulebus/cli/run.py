@@ -17,13 +17,15 @@ from typing import Any
 import click
 import uvloop
 
+from rulebus import metrics
+from rulebus.api import access
 from rulebus.api.auth import Authenticator
 from rulebus.api.server import TLS, serve
 from rulebus.backends.registry import is_embedded, open_store, redact
 from rulebus.backends.sqlite_bus import Partition
 from rulebus.cli.common import backends, backends_option, data_dir_option, options
 from rulebus.errors import RulebusError
-from rulebus.logs import log_to_stderr
+from rulebus.logs import FORMATS, log_to_stderr
 from rulebus.reload import Reloader, registered
 from rulebus.runtime import Backends, Runtime
 from rulebus.supervisor import (
@@ -49,6 +51,22 @@ log_level_option = click.option(
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+log_format_option = click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(FORMATS),
+    help="json: one JSON object per line, with event_id, rule and action where they apply.",
+)
+access_log_option = click.option(
+    "--access-log", is_flag=True, help="Log one line per HTTP request (logger rulebus.access)."
+)
+
+
+def _count_metrics(app: App, data_dir: Path, *, owner: bool) -> None:
+    """Count for /metrics in DATA_DIR/metrics, unless the app turns metrics off."""
+    if app.metrics:
+        metrics.setup(data_dir, owner=owner)
 
 
 @click.command()
@@ -140,6 +158,8 @@ def _listen_securely(host: str, port: int, tls: TLS | None) -> socket.socket:
     help="Run the engine in this process too, instead of in engine processes.",
 )
 @log_level_option
+@log_format_option
+@access_log_option
 def up(
     app_dir: Path,
     data_dir: Path,
@@ -150,6 +170,8 @@ def up(
     workers: int | None,
     single_process: bool,
     log_level: str,
+    log_format: str,
+    access_log: bool,
     **chosen: Any,
 ) -> None:
     """Run an app on one host: the HTTP API here, the engine in engine processes."""
@@ -157,13 +179,18 @@ def up(
         raise click.UsageError("--workers and --single-process exclude each other")
     where = backends(chosen)
     tls = _tls(tls_cert, tls_key)
-    listener = log_to_stderr(log_level)
+    listener = log_to_stderr(log_level, log_format)
     try:
         app = load_app(app_dir)
         sock = _listen_securely(host, port, tls)
+        _count_metrics(app, data_dir, owner=True)
+        if access_log:
+            access.enable()
         commands = None
         if not single_process:
-            commands = _engine_commands(app_dir, data_dir, where, log_level, workers or WORKERS)
+            commands = _engine_commands(
+                app_dir, data_dir, where, (log_level, log_format), workers or WORKERS
+            )
         _run(_serve(app, data_dir, where, sock, commands, tls))
     finally:
         listener.stop()
@@ -175,6 +202,8 @@ def up(
 @backends_option
 @listen_options
 @log_level_option
+@log_format_option
+@access_log_option
 def api(
     app_dir: Path,
     data_dir: Path,
@@ -183,14 +212,19 @@ def api(
     tls_cert: Path | None,
     tls_key: Path | None,
     log_level: str,
+    log_format: str,
+    access_log: bool,
     **chosen: Any,
 ) -> None:
     """Serve an app's HTTP API only; ``rulebus worker`` processes run its rules."""
     tls = _tls(tls_cert, tls_key)
-    listener = log_to_stderr(log_level)
+    listener = log_to_stderr(log_level, log_format)
     try:
         app = load_app(app_dir)
         sock = _listen_securely(host, port, tls)
+        _count_metrics(app, data_dir, owner=True)
+        if access_log:
+            access.enable()
         _run(_serve(app, data_dir, backends(chosen), sock, None, tls, engine=False))
     finally:
         listener.stop()
@@ -211,6 +245,7 @@ def _partition(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @data_dir_option
 @backends_option
 @log_level_option
+@log_format_option
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),
@@ -229,6 +264,7 @@ def worker(
     app_dir: Path,
     data_dir: Path,
     log_level: str,
+    log_format: str,
     processes: int,
     ready_fd: int | None,
     partition: Partition | None,
@@ -236,11 +272,15 @@ def worker(
 ) -> None:
     """Run an app's rules and functions, without the HTTP API."""
     where = backends(chosen)
-    listener = log_to_stderr(log_level)
+    listener = log_to_stderr(log_level, log_format)
     try:
         app = load_app(app_dir)
+        # An engine process a supervisor started counts on, with what its
+        # predecessors left: only a process started by hand clears up.
+        _count_metrics(app, data_dir, owner=ready_fd is None)
         if processes > 1:
-            commands = _engine_commands(app_dir, data_dir, where, log_level, processes)
+            logs = (log_level, log_format)
+            commands = _engine_commands(app_dir, data_dir, where, logs, processes)
             _run(_supervise(app, data_dir, where, commands))
         else:
             _run(_work(app, data_dir, where, ready_fd, partition))
@@ -249,7 +289,7 @@ def worker(
 
 
 def _engine_commands(
-    app_dir: Path, data_dir: Path, where: Backends, log_level: str, count: int
+    app_dir: Path, data_dir: Path, where: Backends, log_args: tuple[str, str], count: int
 ) -> list[list[str]]:
     """The command lines of ``count`` engine processes sharing the app's events."""
     # The URLs go to the children through the environment: on a command
@@ -266,7 +306,9 @@ def _engine_commands(
         "--data-dir",
         str(data_dir),
         "--log-level",
-        log_level,
+        log_args[0],
+        "--log-format",
+        log_args[1],
     ]
     if not is_embedded(where.bus):
         return [base] * count

@@ -30,6 +30,7 @@ from rulebus.engine.router import Router
 from rulebus.engine.trace import Recorder
 from rulebus.errors import ActionError, NotFound, RulebusError
 from rulebus.events import Event
+from rulebus.metrics import EngineMetrics, action_label
 from rulebus.sql import NO_MATCH, EvalContext
 from rulebus.template.model import App, RuleSpec
 
@@ -86,6 +87,7 @@ class Engine:
         self._dispatched_more = asyncio.Event()  # the dispatcher added a batch
         self._key_tails: dict[tuple[str, str], asyncio.Future[None]] = {}  # last per key
         self.trace = Recorder(app, bus, enabled=app.trace)  # for `rulebus trace`
+        self.metrics = EngineMetrics()  # for /metrics
 
     async def start(self) -> None:
         self._starts = await self.bus.start(self.rules)
@@ -225,6 +227,7 @@ class Engine:
         groups: dict[str, tuple[RuleSpec, list[Delivery]]] = {}
         retries: list[Retry] = []
         keyed: list[asyncio.Future[None]] = []
+        keyed_rules: list[str] = []  # for metrics
         now = time.time()
         starts = self._starts
         trace = self.trace.batch(events)
@@ -241,6 +244,7 @@ class Engine:
                     retries.append(Retry(event, rule.name, 1, now, [], [output]))
                     continue
                 if output is not NO_MATCH and rule.partition_key is not None:
+                    keyed_rules.append(rule.name)
                     keyed.append(
                         self._in_key_order(
                             rule, Delivery(event, rule.name, output, ctx, event.payload)
@@ -251,6 +255,8 @@ class Engine:
                     if group is None:
                         group = groups[rule.name] = (rule, [])
                     group[1].append(Delivery(event, rule.name, output, ctx, event.payload))
+        if self.metrics.on:
+            self.metrics.matched_batch(groups.values(), keyed_rules, retries)
         # Each action gets all of its deliveries in the batch at once, so it
         # can use one transaction or one thread hop for all of them.
         jobs = []
@@ -258,6 +264,8 @@ class Engine:
         for rule, deliveries in groups.values():
             for index, action in enumerate(rule.actions):
                 job = run_many(action, deliveries, index, self.services)
+                if self.metrics.on:
+                    job = self.metrics.timed(rule.name, index, action, job)
                 if trace is not None:
                     job = self.trace.timed(trace, rule.name, index, deliveries, job)
                 jobs.append(job)
@@ -306,6 +314,7 @@ class Engine:
             started = time.perf_counter()
             failed = await self._run(delivery, rule.actions, indices)
             self.trace.attempt(rule.name, delivery, attempts + 1, indices, failed, started)
+            self.metrics.attempt(rule.name, rule.actions, indices, failed, started)
             if not failed:
                 return
             attempts += 1
@@ -333,6 +342,7 @@ class Engine:
         now: float,
     ) -> Retry:
         final = attempts >= rule.retry.attempts or any(not f.retryable for _, f in failed)
+        self.metrics.after_failure(rule.name, rule.actions, [i for i, _ in failed], final)
         return Retry(
             event,
             rule.name,
@@ -363,7 +373,17 @@ class Engine:
             )
         if isinstance(error, NotFound):
             return Failure(action.kind, action.resource, str(error), retryable=False)
-        log.error("action %s of rule %s failed", action.kind, delivery.rule, exc_info=error)
+        log.error(
+            "action %s of rule %s failed",
+            action.kind,
+            delivery.rule,
+            exc_info=error,
+            extra={
+                "event_id": delivery.event.id,
+                "rule": delivery.rule,
+                "action": action_label(action),
+            },
+        )
         return Failure(action.kind, action.resource, f"{type(error).__name__}: {error}")
 
     # -- retries and dead letters ------------------------------------------
@@ -383,6 +403,7 @@ class Engine:
                                 retry.event.id,
                                 retry.rule,
                                 exc_info=result,
+                                extra={"event_id": retry.event.id, "rule": retry.rule},
                             )
                     if not any(isinstance(r, Exception) for r in results):
                         continue
@@ -418,6 +439,7 @@ class Engine:
         started = time.perf_counter()
         failed = await self._run(delivery, rule.actions, list(indices))
         self.trace.attempt(rule.name, delivery, retry.attempts + 1, indices, failed, started)
+        self.metrics.attempt(rule.name, rule.actions, indices, failed, started)
         await self.services.objects.flush()
         if not failed:
             await self.bus.done(retry)
@@ -443,8 +465,17 @@ class Engine:
             event.id,
             retry.rule,
             "; ".join(f.message for f in retry.failures),
+            extra={"event_id": event.id, "rule": retry.rule, "action": _labels(rule, retry)},
         )
         await self.bus.dead_letter(retry)
+
+
+def _labels(rule: RuleSpec | None, retry: Retry) -> str | None:
+    """The failed actions of a retry as metrics label them, for log lines."""
+    if rule is None:
+        return None
+    labels = [action_label(rule.actions[i]) for i in retry.actions if i < len(rule.actions)]
+    return ",".join(labels) or None
 
 
 def enabled(app: App) -> dict[str, RuleSpec]:

@@ -49,6 +49,7 @@ def load_app(path: Path | str) -> App:
     app.retention = _retention(top.section("retention"))
     app.egress = _egress(top.section("egress"))
     app.trace = _trace(top.section("trace"))
+    app.metrics = _enabled(top.section("metrics"))
     app.tables = _tables(top.section("tables"))
     app.buckets = _buckets(top)
     app.notifications = _notifications(top.section("notifications"), app.egress, app.warnings)
@@ -95,6 +96,12 @@ def _retention(opts: Options) -> RetentionSpec:
 
 
 def _trace(opts: Options) -> bool:
+    enabled = opts.flag("enabled", True)
+    opts.done()
+    return enabled
+
+
+def _enabled(opts: Options) -> bool:
     enabled = opts.flag("enabled", True)
     opts.done()
     return enabled

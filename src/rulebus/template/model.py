@@ -116,4 +116,5 @@ class App:
     retention: RetentionSpec = field(default_factory=RetentionSpec)
     egress: Egress = field(default_factory=Egress)
     trace: bool = True  # record what dispatch does, for `rulebus trace` (`trace: {enabled: …}`)
+    metrics: bool = True  # count for /metrics (`metrics: {enabled: …}`); read at start only
     warnings: list[str] = field(default_factory=list)  # valid, but probably not what was meant
