@@ -317,6 +317,7 @@ class NatsBus:
         self._background: set[asyncio.Future[None]] = set()
         self._traces: dict[str, list[dict[str, Any]]] = {}  # subject -> runs to publish
         self._trace_flusher: asyncio.Task[None] | None = None
+        self._purge_traces_until = 0.0  # monotonic time: see _purge_old_traces
         self._tasks: list[asyncio.Task[None]] = []
         self._watcher: Any = None
         self._lease_lock = asyncio.Lock()
@@ -978,7 +979,7 @@ class NatsBus:
             return 0
         state = (await self._js.stream_info(self._stream)).state
         if not state.messages:
-            await self._purge_old_traces()
+            await self._purge_old_traces(0)
             return 0
         first, last = int(state.first_seq), int(state.last_seq)
         now = time.time()
@@ -1000,15 +1001,21 @@ class NatsBus:
                     {"filter": f"{self._subject}.{slot.number}", "seq": upto},
                 )
                 removed += int(answer.get("purged", 0))
-        await self._purge_old_traces()
+        await self._purge_old_traces(removed)
         return removed
 
-    async def _purge_old_traces(self) -> None:
+    async def _purge_old_traces(self, removed: int) -> None:
         """Remove the trace runs of the events gone from the slots this process owns.
 
-        Every pass, not only where events went now: a slot's last runs are
-        published up to TRACE_FLUSH after its events may have gone.
+        After a pass that removed events, and for a while after it: a slot's
+        last runs are published up to TRACE_FLUSH after its events may have
+        gone. Not on every pass: each purge is a write on the server.
         """
+        now = time.monotonic()
+        if removed:
+            self._purge_traces_until = now + 3 * TRACE_FLUSH
+        if now > self._purge_traces_until:
+            return
         try:
             if (await self._js.stream_info(self._trace_stream)).state.messages:
                 for slot in list(self._slots.values()):
