@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.runtime.helpers import Receiver, Server, child_env, wait_until
+from tests.runtime.helpers import Receiver, Server, child_env, cli, wait_until
 
 BEFORE = """
 egress: {{allow: [127.0.0.0/8]}}
@@ -362,3 +362,29 @@ def test_events_a_replayed_function_publishes_are_children_in_the_trace(tmp_path
     finally:
         server.stop()
         receiver.close()
+
+
+def test_a_replay_does_not_read_what_it_publishes(tmp_path: Path) -> None:
+    """A rule that republishes into its own filter replays the events that were in the
+    log when it started, not its own output (which the engine will dispatch)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "rulebus.yaml").write_text(
+        textwrap.dedent(
+            """
+            rules:
+              echo:
+                sql: SELECT n + 1 AS n FROM 'loop/+'
+                actions:
+                  - republish: {topic: "loop/${n}"}
+            """
+        )
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    cli("publish", "loop/0", '{"n": 0}', data_dir=data, check=True)
+    result = cli("replay", "--rule", "echo", "--app", str(app), data_dir=data)
+    assert result.returncode == 0, result.stderr
+    assert "read 1, matched 1, not matched 0, errors 0, delivered 1" in result.stderr
+    again = cli("replay", "--rule", "echo", "--app", str(app), "--since", "1h", data_dir=data)
+    assert "read 2, matched 2" in again.stderr

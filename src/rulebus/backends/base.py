@@ -254,7 +254,8 @@ class TraceStore(Protocol):
         ...
 
     def history(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[Event]:
-        """The events in the log whose time (``Event.ts``) is in the range, in log order."""
+        """The events in the log whose time (``Event.ts``) is in the range, in log order,
+        up to the end of the log as it was when reading started."""
         ...
 
     async def history_count(self, since_ms: int | None, until_ms: int | None) -> int | None:

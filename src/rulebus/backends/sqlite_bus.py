@@ -766,12 +766,14 @@ class SqliteBus:
     async def history(self, since_ms: int | None, until_ms: int | None) -> AsyncIterator[Event]:
         low = -(2**63) if since_ms is None else since_ms
         high = 2**63 - 1 if until_ms is None else until_ms
+        # Up to the head as it is now: not what the reader publishes meanwhile.
+        head = _head(self._db)
         seq = 0
         while True:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE seq > ? AND ts BETWEEN ? AND ?"
+                f"SELECT {_COLUMNS} FROM events WHERE seq > ? AND seq <= ? AND ts BETWEEN ? AND ?"
                 " ORDER BY seq LIMIT 1000",
-                (seq, low, high),
+                (seq, head, low, high),
             ).fetchall()
             if not rows:
                 return
