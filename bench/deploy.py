@@ -8,17 +8,25 @@ rulebus and the Celery peer both produce one, so the figures treat them alike.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.proc import Server, StartError, free_port
 from bench.stores import TableCounter
 
 REPO = Path(__file__).resolve().parent.parent
 EXCHANGE = REPO / "examples" / "exchange"
+
+# What figure 2's baseline turns off: top-level app-file settings added to a
+# copy of the exchange, whose pipeline is timed side by side with the exchange
+# as it is. One key per feature whose cost figure 2 is to show.
+BASELINE_SETTINGS: dict[str, Any] = {"metrics": {"enabled": False}}
 
 
 class Unavailable(RuntimeError):
@@ -178,13 +186,34 @@ def rulebus(
         server.stop(timeout=30)
 
 
+def exchange_with(workdir: Path, settings: Mapping[str, Any]) -> Path:
+    """A copy of the exchange example in ``workdir`` with ``settings`` added to its app file."""
+    app = workdir / "exchange-baseline"
+    if not app.exists():
+        shutil.copytree(EXCHANGE, app, ignore=shutil.ignore_patterns("__pycache__"))
+        with (app / "rulebus.yaml").open("a") as file:
+            for key, value in settings.items():
+                file.write(f"\n{key}: {json.dumps(value)}\n")  # JSON is YAML's flow style
+    return app
+
+
 @contextlib.contextmanager
-def rulebus_exchange(workdir: Path, receiver_url: str, secret: str) -> Iterator[Deployment]:
-    """The exchange example with its fraud webhook pointed at the receiver."""
+def rulebus_exchange(
+    workdir: Path, receiver_url: str, secret: str, app: Path = EXCHANGE
+) -> Iterator[Deployment]:
+    """The exchange example (or ``app``, a copy) with its fraud webhook pointed at the receiver."""
     data_dir = workdir / f"rulebus-data-{free_port()}"
     env = {
         "RULEBUS_FRAUD_WEBHOOK_URL": receiver_url + "/fraud",
         "RULEBUS_FRAUD_WEBHOOK_SECRET": secret,
     }
-    with rulebus(EXCHANGE, data_dir, env=env) as deployment:
+    with rulebus(app, data_dir, env=env) as deployment:
+        yield deployment
+
+
+@contextlib.contextmanager
+def rulebus_baseline(workdir: Path, receiver_url: str, secret: str) -> Iterator[Deployment]:
+    """The exchange with ``BASELINE_SETTINGS``: figure 2's baseline."""
+    app = exchange_with(workdir, BASELINE_SETTINGS)
+    with rulebus_exchange(workdir, receiver_url, secret, app) as deployment:
         yield deployment

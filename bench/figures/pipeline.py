@@ -9,6 +9,7 @@ at the receiver. Time runs from the generator's first send to that moment.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -16,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.deploy import Deployment, Unavailable, receiver, rulebus_exchange
+from bench.deploy import (
+    BASELINE_SETTINGS,
+    Deployment,
+    Unavailable,
+    receiver,
+    rulebus_baseline,
+    rulebus_exchange,
+)
 from bench.events import expected_alerts
 from bench.peers.celery_app.driver import WORKER_CONCURRENCY as POOL
 from bench.peers.celery_app.driver import celery_peer
@@ -33,6 +41,7 @@ TARGET_SECONDS = 60.0  # for N = 1,000,000
 TARGET_EVENTS_PER_S = 1_000_000 / TARGET_SECONDS  # the issue rounds it to 17,000
 TARGET_RSS_MB = 300.0
 TARGET_PEER_RATIO = 10.0
+TARGET_BASELINE_RATIO = 0.95  # metrics (and what else BASELINE_SETTINGS turns off) cost ≤ 5 %
 
 Starter = Callable[[Path, str, str], AbstractContextManager[Deployment]]
 
@@ -136,6 +145,11 @@ def run_once(
     }
 
 
+def cpu_seconds(run: dict[str, Any]) -> float:
+    """User and system CPU seconds of all the deployment's processes during one run."""
+    return sum(p["user"] + p["sys"] for p in run["cpu_s"].values())
+
+
 def run_fresh(start: Starter, plan: Plan, name: str, n: int, seed: int) -> dict[str, Any]:
     """One run against a freshly started pipeline and receiver."""
     workdir = plan.run_dir(name)
@@ -149,7 +163,13 @@ def run_fresh(start: Starter, plan: Plan, name: str, n: int, seed: int) -> dict[
 
 
 def measure_rulebus(plan: Plan) -> list[Figure]:
-    """Figure 2, plus the storage comparison's numerator."""
+    """Figure 2, plus the storage comparison's numerator.
+
+    Each run of the exchange as it is is paired with one of the baseline, the
+    exchange with ``BASELINE_SETTINGS`` (metrics off), in alternating order:
+    their ratio is what those features cost. The other figures are the
+    exchange's own.
+    """
     n = plan.sizes.pipeline_n
     eps = Figure(
         "2_pipeline",
@@ -166,15 +186,41 @@ def measure_rulebus(plan: Plan) -> list[Figure]:
     rss = Figure(
         "2_rss", "2. peak RSS, rulebus processes", unit="MB", target=f"≤ {TARGET_RSS_MB:.0f}"
     )
-    figures = [eps, seconds, rss]
+    off = ", ".join(f"{key}: {json.dumps(value)}" for key, value in BASELINE_SETTINGS.items())
+    cost = Figure(
+        "2_baseline",
+        f"2. exchange ÷ the same with {off}, N = {n:,}",
+        unit="events/s",
+        baseline_name=off,
+        target=f"≥ {TARGET_BASELINE_RATIO:.2f}",
+    )
+    figures = [eps, seconds, rss, cost]
     runs: list[dict[str, Any]] = []
+    baseline_runs: list[dict[str, Any]] = []
     try:
         for i in range(plan.sizes.runs):
-            runs.append(run_fresh(rulebus_exchange, plan, "pipeline", n, seed=200 + i))
+            seed = 200 + i
+            pair = [
+                (rulebus_exchange, "pipeline", runs),
+                (rulebus_baseline, "baseline", baseline_runs),
+            ]
+            for start, name, into in pair if i % 2 == 0 else pair[::-1]:
+                into.append(run_fresh(start, plan, name, n, seed))
     except (Unavailable, RuntimeError) as exc:
         for f in figures:
             f.error = str(exc)
         return figures
+    cost.runs.update(eps=[r["events_per_s"] for r in runs], baseline=baseline_runs)
+    cost.value = median([r["events_per_s"] for r in runs])
+    cost.baseline = median([r["events_per_s"] for r in baseline_runs])
+    cost.ratio = ratio(cost.value, cost.baseline)
+    cost.met = None if cost.ratio is None else cost.ratio >= TARGET_BASELINE_RATIO
+    cpu_on = median([cpu_seconds(r) for r in runs]) or 0.0
+    cpu_off = median([cpu_seconds(r) for r in baseline_runs]) or 0.0
+    cost.notes.append(
+        "runs alternate, each pair on the same event stream; CPU seconds of the rulebus"
+        f" processes per run, median: {cpu_on:.1f} against {cpu_off:.1f} in the baseline"
+    )
     eps.runs["runs"] = runs
     eps.value = median([r["events_per_s"] for r in runs])
     seconds.value = median([r["seconds"] for r in runs])
