@@ -149,13 +149,15 @@ def test_counts_are_exact_across_two_engine_processes(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_action_outcomes_say_what_failed_was_retried_and_dead_lettered(tmp_path: Path) -> None:
+def test_action_outcomes_say_what_failed_was_retried_and_dead_lettered(
+    tmp_path: Path, backends: dict[str, str]
+) -> None:
     """A receiver that answers 500 once and then 204 counts failed, retried and ok; one
     that always answers 500 counts two failures, one retry and a dead letter."""
     recovers = Receiver(answers=[(500, {})])
     broken = Receiver(status=500)
     text = FAILING.format(recovers=recovers.url, broken=broken.url)
-    server = Server(write_app(tmp_path, text), tmp_path / "data").start()
+    server = Server(write_app(tmp_path, text), tmp_path / "data", backends).start()
     try:
         assert server.post("/topics/a/x", {"id": "a-1"}).status_code == 202
         assert server.post("/topics/b/x", {"id": "b-1"}).status_code == 202
@@ -213,12 +215,12 @@ def test_an_app_can_turn_metrics_off(tmp_path: Path) -> None:
 
 
 def test_lag_grows_without_an_engine_and_the_api_counts_a_separate_worker(
-    tmp_path: Path,
+    tmp_path: Path, backends: dict[str, str]
 ) -> None:
     """``rulebus api`` alone: the oldest event waits, so the lag is its age. Once a
     ``rulebus worker`` on the same data directory dispatched it, the lag is 0 and the
     API's /metrics has the worker's counts."""
-    deployment = Deployment("lag", write_app(tmp_path, APP), tmp_path / "data", {})
+    deployment = Deployment("lag", write_app(tmp_path, APP), tmp_path / "data", backends)
     try:
         api = deployment.api()
         answer = httpx.post(api.url + "/readings", json=readings(0, 10), timeout=30)
