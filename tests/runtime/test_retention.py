@@ -103,7 +103,8 @@ def test_old_events_go_and_what_is_still_needed_stays(
     plain = [f"p{i}" for i in range(20)]
     for id_ in plain:
         post(id_, "plain")
-    assert post("p0", "plain") == (200, True), "a repeat within the window is refused"
+    # The newest: the window is a second, and a busy machine takes that for 20 posts.
+    assert post("p19", "plain") == (200, True), "a repeat within the window is refused"
     post("r0", "gated")
     post("d0", "doomed")
     wait_until(lambda: ids(server.scan("events")) >= {*plain, "r0", "d0"}, what="archived")
