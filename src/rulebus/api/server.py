@@ -55,6 +55,7 @@ async def serve(
         http="httptools",
         lifespan="off",
         log_level="warning",
+        log_config=None,  # its lines go through rulebus.logs, in the chosen format
         access_log=False,
         timeout_graceful_shutdown=10,
         ssl_certfile=tls.cert if tls else None,
