@@ -26,7 +26,7 @@ EXCHANGE = REPO / "examples" / "exchange"
 # What figure 2's baseline turns off: top-level app-file settings added to a
 # copy of the exchange, whose pipeline is timed side by side with the exchange
 # as it is. One key per feature whose cost figure 2 is to show.
-BASELINE_SETTINGS: dict[str, Any] = {"metrics": {"enabled": False}}
+BASELINE_SETTINGS: dict[str, Any] = {"metrics": {"enabled": False}, "trace": {"enabled": False}}
 
 
 class Unavailable(RuntimeError):

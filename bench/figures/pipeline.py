@@ -166,7 +166,7 @@ def measure_rulebus(plan: Plan) -> list[Figure]:
     """Figure 2, plus the storage comparison's numerator.
 
     Each run of the exchange as it is is paired with one of the baseline, the
-    exchange with ``BASELINE_SETTINGS`` (metrics off), in alternating order:
+    exchange with ``BASELINE_SETTINGS`` (metrics and traces off), in alternating order:
     their ratio is what those features cost. The other figures are the
     exchange's own.
     """
