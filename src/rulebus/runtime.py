@@ -107,6 +107,7 @@ class Runtime:
         self.app = app
         self.data_dir = data_dir
         self.runs_engine = engine
+        self.backends = backends  # the console opens its own readers of tables and buckets
         self.bus, self.tables, self.objects = stores(
             data_dir, backends, app=app, engine=engine, partition=partition
         )

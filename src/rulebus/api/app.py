@@ -37,6 +37,7 @@ from rulebus.api.ingest import (
     topic_event,
 )
 from rulebus.api.openapi import openapi_endpoint
+from rulebus.console import console_routes
 from rulebus.errors import BadInput, NotFound, RateLimited, RulebusError, Unavailable
 from rulebus.keys import ApiKey
 from rulebus.sql import validate_topic
@@ -231,6 +232,7 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
         Route("/admin/events/{id}/trace", event_trace, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
         Route("/topics/{topic:anything}", publish, methods=["POST"]),
+        *console_routes(runtime, auth),
     ]
     for spec in runtime.app.routes:
         routes.append(Route(spec.path, single(spec), methods=["POST"]))

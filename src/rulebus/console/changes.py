@@ -1,0 +1,65 @@
+"""The console's forms that change something: enable or disable a rule, redrive dead letters.
+
+Each runs behind the session's CSRF token (``Console.page(changes=True)``)
+and answers with a redirect to the page it came from (post, redirect, get),
+carrying a one-line message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from rulebus.console.session import Session
+from rulebus.console.web import PREFIX, Console, read_form
+from rulebus.errors import BadInput
+from rulebus.reload import request_reload, set_rule_enabled
+
+REDRIVE_CHUNK = 100  # as `rulebus dlq redrive --all`
+
+
+def _back(page: str, message: str) -> Response:
+    return RedirectResponse(f"{PREFIX}/{page}?message={quote(message)}", status_code=303)
+
+
+class Changes:
+    def __init__(self, console: Console) -> None:
+        self.c = console
+
+    async def set_enabled(self, request: Request, session: Session) -> Response:
+        app = self.c.runtime.app
+        name = request.path_params["name"]
+        if name not in app.rules:
+            raise BadInput(f"no rule named {name!r}", status=404)
+        form = await read_form(request)
+        wanted = form.get("enabled")
+        if wanted not in ("true", "false"):
+            raise BadInput("enabled must be true or false")
+        enabled = wanted == "true"
+        # The app file is the source of truth: edited in place, then every
+        # process of this data directory (this one too) reloads it.
+        await asyncio.to_thread(set_rule_enabled, Path(app.file), name, enabled)
+        pids = request_reload(self.c.runtime.data_dir)
+        state = "enabled" if enabled else "disabled"
+        return _back(
+            "rules", f"{name} {state} in the app file; reload asked of {len(pids)} processes"
+        )
+
+    async def redrive(self, request: Request, session: Session) -> Response:
+        form = await read_form(request)
+        bus = self.c.runtime.bus
+        if form.get("all") == "true":
+            ids = [letter.id for letter in await bus.dead_letters()]
+        else:
+            try:
+                ids = [int(str(form.get("id")))]
+            except ValueError:
+                raise BadInput("give a dead letter's id, or all=true") from None
+        count = 0
+        for start in range(0, len(ids), REDRIVE_CHUNK):
+            count += await bus.redrive(ids[start : start + REDRIVE_CHUNK])
+        return _back("dead-letters", f"redriven: {count}")

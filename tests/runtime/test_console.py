@@ -1,0 +1,375 @@
+"""The web console at /console, driven over HTTP against a real ``rulebus up`` of the exchange."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.runtime.helpers import EXCHANGE, Receiver, Server, make_key, wait_until
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def flagged(event_id: str) -> bool:
+    """What the exchange's fraud check decides (examples/exchange/fraud.py)."""
+    return int(hashlib.sha256(event_id.encode()).hexdigest()[:8], 16) % 2 == 1
+
+
+def a_flagged_id(prefix: str) -> str:
+    return next(f"{prefix}-{n}" for n in range(100) if flagged(f"{prefix}-{n}"))
+
+
+@dataclass
+class Exchange:
+    server: Server
+    receiver: Receiver  # the fraud webhook: answers 400 until told otherwise
+    app: Path  # a copy of the example: the console edits it
+
+
+@pytest.fixture(scope="module")
+def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
+    root = tmp_path_factory.mktemp("console")
+    app = root / "exchange"
+    shutil.copytree(EXCHANGE, app, ignore=shutil.ignore_patterns("__pycache__"))
+    receiver = Receiver(status=400)
+    env = {"RULEBUS_FRAUD_WEBHOOK_URL": receiver.url, "RULEBUS_FRAUD_WEBHOOK_SECRET": SECRET}
+    server = Server(app, root / "data", env).start()
+    Server.running.remove(server)  # shared by the tests of this module
+    try:
+        yield Exchange(server, receiver, app)
+    finally:
+        server.stop()
+        receiver.close()
+
+
+def login(server: Server, key: str | None = None) -> httpx.Client:
+    client = httpx.Client(base_url=server.url, timeout=30)
+    answer = client.post("/console/login", data={"key": key or server.key, "next": "/console"})
+    assert answer.status_code == 303, answer.text
+    return client
+
+
+def csrf(client: httpx.Client, page: str = "/console") -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get(page).text)
+    assert found, "the page has no CSRF token"
+    return found.group(1)
+
+
+def post_event(server: Server, body: dict[str, object]) -> str:
+    answer = server.post("/event", body, key="")
+    assert answer.status_code == 202, answer.text
+    return str(answer.json()["id"])
+
+
+def letter_of(server: Server, order: str) -> dict[str, Any] | None:
+    """The dead letter of the fraud alert about the exchange order ``order``, if there is one."""
+    return next((d for d in server.dead_letters() if d["payload"].get("id") == order), None)
+
+
+class TestLogin:
+    def test_an_admin_key_gets_a_session_cookie(self, exchange: Exchange) -> None:
+        """Logging in with an admin key sets an HttpOnly, SameSite=Strict cookie and opens pages."""
+        client = httpx.Client(base_url=exchange.server.url, timeout=30)
+        answer = client.post("/console/login", data={"key": exchange.server.key})
+        assert answer.status_code == 303
+        cookie = answer.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "max-age=43200" in cookie
+        assert "secure" not in cookie  # plain HTTP here
+        page = client.get("/console")
+        assert page.status_code == 200 and "Overview" in page.text
+
+    def test_a_key_without_admin_is_refused(self, exchange: Exchange) -> None:
+        """A key with other scopes gets the form again with the reason, and no cookie."""
+        key = make_key(exchange.server.data_dir, exchange.server.env, scopes=("publish", "metrics"))
+        answer = httpx.post(exchange.server.url + "/console/login", data={"key": key})
+        assert answer.status_code == 403
+        assert "set-cookie" not in answer.headers
+        assert "lacks the &#39;admin&#39; scope" in answer.text
+
+    def test_a_wrong_key_is_refused(self, exchange: Exchange) -> None:
+        answer = httpx.post(exchange.server.url + "/console/login", data={"key": "rb_nope"})
+        assert answer.status_code == 403 and "unknown or revoked API key" in answer.text
+
+    def test_without_a_session_pages_redirect_to_the_login(self, exchange: Exchange) -> None:
+        """Every page sends an anonymous visitor (or a forged cookie) to the login form."""
+        for page in ("/console", "/console/rules", "/console/dead-letters", "/console/tail/stream"):
+            answer = httpx.get(exchange.server.url + page)
+            assert answer.status_code == 303, page
+            assert answer.headers["location"].startswith("/console/login?next=")
+        forged = httpx.get(exchange.server.url + "/console", cookies={"rulebus_console": "abc.def"})
+        assert forged.status_code == 303
+
+    def test_a_revoked_key_ends_its_sessions(self, exchange: Exchange) -> None:
+        """Within a few seconds of `rulebus keys revoke`, the key's session stops working."""
+        server = exchange.server
+        key = make_key(server.data_dir, server.env, name="console-revoked", scopes=("admin",))
+        client = login(server, key)
+        assert client.get("/console/rules").status_code == 200
+        server.cli("keys", "revoke", "console-revoked", check=True)
+        wait_until(
+            lambda: client.get("/console/rules").status_code == 303,
+            timeout=10,
+            what="the session to end",
+        )
+
+    def test_logout_ends_the_session(self, exchange: Exchange) -> None:
+        client = login(exchange.server)
+        token = csrf(client)
+        assert client.post("/console/logout", data={"csrf": token}).status_code == 303
+        assert client.get("/console").status_code == 303
+
+
+class TestPages:
+    def test_each_page_renders_with_real_data(self, exchange: Exchange) -> None:
+        """After buys, sells and a flagged buy, each page shows them."""
+        server = exchange.server
+        sell = post_event(server, {"type": "sell", "price": 12.5, "id": "console-sell-1"})
+        buy = a_flagged_id("console-buy")
+        post_event(server, {"type": "buy", "price": 300, "id": buy})
+        letter = wait_until(lambda: letter_of(server, buy), what="the webhook's dead letter")
+        client = login(server)
+
+        overview = client.get("/console").text
+        assert re.search(r'id="head">\d+<', overview)
+        assert client.get("/console?part=numbers").text.lstrip().startswith('<div class="numbers">')
+
+        rules = client.get("/console/rules").text
+        for name in ("archive-events", "check-buys", "archive-fraud"):
+            assert f'id="rule-{name}"' in rules
+        assert "SELECT * FROM &#39;alert/fraud&#39;" in rules
+        assert "object fraud-archive" in rules
+
+        events = client.get("/console/events", params={"topic": "event/+"}).text
+        assert sell in events and buy in events
+        by_id = client.get("/console/events", params={"id": buy}).text
+        assert buy in by_id and sell not in by_id
+        trace = client.get(f"/console/events/{buy}")
+        assert trace.status_code == 200 and "check-buys" in trace.text
+
+        table = client.get("/console/tables/events").text
+        assert sell in table
+        bucket = client.get("/console/buckets/fraud-archive").text
+        assert f"{buy}.json" in bucket
+        obj = client.get("/console/buckets/fraud-archive/object", params={"key": f"{buy}.json"})
+        assert obj.status_code == 200 and "300" in obj.text
+
+        dlq = client.get("/console/dead-letters", params={"rule": "archive-fraud"}).text
+        assert letter["event_id"] in dlq and "Redrive all" in dlq
+        opened = client.get("/console/dead-letters", params={"open": letter["id"]}).text
+        assert "answered 400" in opened
+
+    def test_a_table_pages_through_in_key_order(self, exchange: Exchange) -> None:
+        """A page holds `limit` rows; the next page link gives the following ones."""
+        server = exchange.server
+        for n in range(5):
+            post_event(server, {"type": "sell", "price": n, "id": f"console-page-{n}"})
+        wait_until(lambda: len(server.scan("events")) >= 5, what="rows")
+        client = login(server)
+        first = client.get("/console/tables/events", params={"limit": 2}).text
+        second = client.get("/console/tables/events", params={"limit": 2, "offset": 2}).text
+        rows = lambda text: re.findall(r"<td><a href=[^>]*row=\d+\">([^<]+)</a>", text)  # noqa: E731
+        assert len(rows(first)) == 2 and len(rows(second)) == 2
+        assert not set(rows(first)) & set(rows(second))
+        assert "offset=2&limit=2" in first
+        everything = [item["id"] for item in server.scan("events")]
+        assert rows(first) + rows(second) == everything[:4]
+
+    def test_bad_paging_is_a_clear_400(self, exchange: Exchange) -> None:
+        client = login(exchange.server)
+        answer = client.get("/console/tables/events", params={"limit": "lots"})
+        assert answer.status_code == 400 and "limit must be a whole number" in answer.text
+        assert client.get("/console/tables/nope").status_code == 404
+
+    def test_a_payload_is_shown_escaped(self, exchange: Exchange) -> None:
+        """Event payloads are untrusted: a <script> in one is text, not markup."""
+        server = exchange.server
+        evil = post_event(
+            server, {"type": "sell", "id": "console-evil", "note": "<script>alert(1)</script>"}
+        )
+        wait_until(lambda: any(i["id"] == evil for i in server.scan("events")), what="row")
+        client = login(server)
+        for page in (
+            f"/console/events?id={evil}",
+            f"/console/events/{evil}",
+            "/console/tables/events",
+        ):
+            text = client.get(page).text
+            assert "<script>alert" not in text, page
+            assert "&lt;script&gt;alert(1)" in text, page
+
+    def test_no_page_loads_anything_from_elsewhere(self, exchange: Exchange) -> None:
+        """Scripts and styles come from the package: no URL with a host in any page or asset."""
+        client = login(exchange.server)
+        pages = ["/console", "/console/rules", "/console/sql", "/console/events", "/console/tables"]
+        pages += ["/console/dead-letters", "/console/tail", "/console/login"]
+        pages += ["/console/static/console.js", "/console/static/console.css"]
+        for page in pages:
+            answer = client.get(page)
+            assert answer.status_code == 200, page
+            if page.startswith("/console/static/"):  # JS and CSS: no URL with a host at all
+                assert not re.search(r"(https?:)?//[a-z0-9]", answer.text, re.I), page
+                continue
+            attributes = r'(?:src|href|action|data-refresh|data-stream|data-events)="([^"]*)"'
+            links = re.findall(attributes, answer.text)
+            assert links and all(link.startswith("/console") for link in links), (page, links)
+        # The assets are public: the login page needs its style before any session.
+        assert httpx.get(exchange.server.url + "/console/static/console.css").status_code == 200
+
+
+class TestSqlTester:
+    def test_output_and_no_match(self, exchange: Exchange) -> None:
+        client = login(exchange.server)
+        token = csrf(client, "/console/sql")
+        form = {
+            "csrf": token,
+            "sql": "SELECT price * 2 AS p FROM 'event/+' WHERE price > 100",
+            "topic": "event/buy",
+            "payload": '{"price": 150}',
+        }
+        output = client.post("/console/sql", data=form).text
+        assert re.search(r'<pre id="output">\{\s*&#34;p&#34;: 300\s*\}</pre>', output)
+        cheap = client.post("/console/sql", data={**form, "payload": '{"price": 5}'}).text
+        assert 'id="no-match"' in cheap and "WHERE is not true" in cheap
+        elsewhere = client.post("/console/sql", data={**form, "topic": "alert/fraud"}).text
+        assert 'id="no-match"' in elsewhere
+        broken = client.post("/console/sql", data={**form, "payload": "{"}).text
+        assert "not valid JSON" in broken
+
+    def test_prefilled_from_a_rule_and_from_an_event(self, exchange: Exchange) -> None:
+        server = exchange.server
+        event = post_event(server, {"type": "sell", "price": 42, "id": "console-prefill"})
+        client = login(server)
+        from_rule = client.get("/console/sql", params={"rule": "check-buys"}).text
+        assert "SELECT * FROM &#39;event/buy&#39;</textarea>" in from_rule
+        from_event = client.get("/console/sql", params={"event": event}).text
+        assert 'value="event/sell"' in from_event and "&#34;price&#34;: 42" in from_event
+
+    def test_a_post_without_the_csrf_token_is_refused(self, exchange: Exchange) -> None:
+        client = login(exchange.server)
+        form = {"sql": "SELECT * FROM '#'", "topic": "a", "payload": "{}"}
+        assert client.post("/console/sql", data=form).status_code == 403
+        assert client.post("/console/sql", data={**form, "csrf": "guess"}).status_code == 403
+
+
+class TestDeadLetters:
+    def test_redrive_one_delivers_it(self, exchange: Exchange) -> None:
+        """A redriven dead letter leaves the list and its webhook arrives at the receiver."""
+        server, receiver = exchange.server, exchange.receiver
+        buy = a_flagged_id("console-redrive")
+        post_event(server, {"type": "buy", "price": 9, "id": buy})
+        letter = wait_until(
+            lambda: letter_of(server, buy),
+            what="the dead letter",
+        )
+        client = login(server)
+        token = csrf(client, "/console/dead-letters")
+        refused = client.post("/console/dead-letters/redrive", data={"id": str(letter["id"])})
+        assert refused.status_code == 403
+        receiver.status = None
+        try:
+            answer = client.post(
+                "/console/dead-letters/redrive", data={"id": str(letter["id"]), "csrf": token}
+            )
+            assert answer.status_code == 303
+            assert "redriven%3A%201" in answer.headers["location"]
+            wait_until(
+                lambda: any(buy.encode() in r.body for r in receiver.received),
+                what="the webhook",
+            )
+            assert all(d["id"] != letter["id"] for d in server.dead_letters())
+        finally:
+            receiver.status = 400
+
+    def test_redrive_all(self, exchange: Exchange) -> None:
+        server, receiver = exchange.server, exchange.receiver
+        for n in range(2):
+            post_event(server, {"type": "buy", "price": 1, "id": a_flagged_id(f"console-all{n}")})
+        wait_until(lambda: len(server.dead_letters()) >= 2, what="dead letters")
+        client = login(server)
+        token = csrf(client, "/console/dead-letters")
+        receiver.status = None
+        try:
+            answer = client.post(
+                "/console/dead-letters/redrive", data={"all": "true", "csrf": token}
+            )
+            assert answer.status_code == 303
+            wait_until(lambda: not server.dead_letters(), what="no dead letters left")
+        finally:
+            receiver.status = 400
+
+
+class TestRules:
+    def test_disable_and_enable_a_rule(self, exchange: Exchange) -> None:
+        """The button edits the app file and reloads: a disabled rule no longer archives."""
+        server = exchange.server
+        client = login(server)
+        token = csrf(client, "/console/rules")
+        assert (
+            client.post(
+                "/console/rules/archive-events/enabled", data={"enabled": "false"}
+            ).status_code
+            == 403
+        )
+        answer = client.post(
+            "/console/rules/archive-events/enabled", data={"enabled": "false", "csrf": token}
+        )
+        assert answer.status_code == 303
+        try:
+            assert "enabled: false" in (exchange.app / "rulebus.yaml").read_text()
+            wait_until(
+                lambda: (
+                    "disabled"
+                    in client.get("/console/rules").text.split('id="rule-archive-events"')[1][:300]
+                ),
+                timeout=10,
+                what="the rule shown disabled",
+            )
+        finally:
+            client.post(
+                "/console/rules/archive-events/enabled", data={"enabled": "true", "csrf": token}
+            )
+        assert "enabled: true" in (exchange.app / "rulebus.yaml").read_text()
+        assert (
+            client.post(
+                "/console/rules/nope/enabled", data={"enabled": "true", "csrf": token}
+            ).status_code
+            == 404
+        )
+
+
+class TestTail:
+    def test_the_tail_streams_an_event_posted_after_it_opened(self, exchange: Exchange) -> None:
+        server = exchange.server
+        client = login(server)
+        seen: list[dict[str, object]] = []
+        opened = threading.Event()
+
+        def read() -> None:
+            with client.stream("GET", "/console/tail/stream", params={"topic": "event/sell"}) as s:
+                assert s.headers["content-type"].startswith("text/event-stream")
+                for line in s.iter_lines():
+                    opened.set()
+                    if line.startswith("data: "):
+                        seen.append(json.loads(line[6:]))
+                        return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert opened.wait(10)
+        time.sleep(0.5)
+        post_event(server, {"type": "buy", "price": 1, "id": "console-tail-buy"})
+        event = post_event(server, {"type": "sell", "price": 77, "id": "console-tail-sell"})
+        reader.join(15)
+        assert [e["id"] for e in seen] == [event]
+        assert seen[0]["payload"] == {"type": "sell", "price": 77, "id": event}
