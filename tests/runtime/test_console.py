@@ -185,11 +185,37 @@ class TestPages:
         everything = [item["id"] for item in server.scan("events")]
         assert rows(first) + rows(second) == everything[:4]
 
-    def test_bad_paging_is_a_clear_400(self, exchange: Exchange) -> None:
+    def test_a_bucket_pages_through_its_keys(self, exchange: Exchange) -> None:
+        """Keys come `limit` at a time, in order; the next page starts after the last one."""
+        server = exchange.server
+        for n in range(3):
+            post_event(server, {"type": "buy", "price": 2, "id": a_flagged_id(f"console-obj{n}")})
+
+        def listed() -> list[str]:
+            return server.cli("bucket", "ls", "fraud-archive", check=True).stdout.split()
+
+        wait_until(lambda: len(listed()) >= 3, what="three objects")
+        client = login(server)
+        keys: list[str] = []
+        page = "/console/buckets/fraud-archive?limit=1"
+        while page:
+            text = client.get(page).text
+            keys += re.findall(r"object\?key=[^\"]+\">([^<]+)</a>", text)
+            found = re.search(r'<a href="([^"]+)">Next page</a>', text)
+            page = found.group(1).replace("&amp;", "&") if found else ""
+        assert keys == listed()
+
+    def test_bad_input_is_a_clear_4xx_page(self, exchange: Exchange) -> None:
+        """A bad parameter or an unknown name gets an HTML page that says what is wrong."""
         client = login(exchange.server)
         answer = client.get("/console/tables/events", params={"limit": "lots"})
-        assert answer.status_code == 400 and "limit must be a whole number" in answer.text
+        assert answer.status_code == 400
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "limit must be a whole number" in answer.text
         assert client.get("/console/tables/nope").status_code == 404
+        assert client.get("/console/events", params={"topic": "a/#/b"}).status_code == 400
+        missing = client.get("/console/buckets/fraud-archive/object", params={"key": "nope.json"})
+        assert missing.status_code == 404
 
     def test_a_payload_is_shown_escaped(self, exchange: Exchange) -> None:
         """Event payloads are untrusted: a <script> in one is text, not markup."""

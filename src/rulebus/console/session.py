@@ -14,12 +14,13 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rulebus.api.auth import Authenticator, require
-from rulebus.errors import RulebusError
+from rulebus.errors import Unauthorized
 from rulebus.keys import ApiKey
 
 COOKIE = "rulebus_console"
@@ -64,8 +65,9 @@ class Sessions:
         try:
             found = await self._auth.authenticate(f"Bearer {session.key}")
             require(found, ("admin",), "use the console")
-        except RulebusError:
-            # Revoked, or its scopes changed: this session is over.
+        except Unauthorized:
+            # Revoked, or its scopes changed: this session is over. (Over its
+            # rate limit, a key keeps its session: the 429 goes through.)
             del self._open[sid]
             return None
         return session
@@ -86,11 +88,15 @@ def _secret(data_dir: Path) -> bytes:
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_bytes(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes()  # another process made it first
+    # Written whole to a file of its own, then linked in place: a process
+    # starting at the same time reads either no secret or the whole of one.
+    fd, temp = tempfile.mkstemp(dir=path.parent)
     with os.fdopen(fd, "wb") as out:
-        out.write(value)
-    return value
+        out.write(secrets.token_bytes(32))
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    finally:
+        os.unlink(temp)
+    return path.read_bytes()

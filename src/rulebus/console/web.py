@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from rulebus.backends.base import ObjectStore, TableStore
 from rulebus.backends.registry import open_store
 from rulebus.console.sampler import Sampler
 from rulebus.console.session import COOKIE, Session, Sessions
-from rulebus.errors import BadInput
+from rulebus.errors import BadInput, NotFound
 
 if TYPE_CHECKING:
     from rulebus.runtime import Runtime
@@ -94,11 +95,16 @@ class Console:
                 return RedirectResponse(f"{PREFIX}/login?next={back}", status_code=303)
             if changes or request.method == "POST":
                 form = await read_form(request)
-                if form.get("csrf") != session.csrf:
+                if not hmac.compare_digest(form.get("csrf", "").encode(), session.csrf.encode()):
                     raise BadInput(
                         "this form has expired or came from elsewhere: reload the page", status=403
                     )
-            return await handler(request, session)
+            try:
+                return await handler(request, session)
+            except (BadInput, NotFound) as exc:
+                # A page for people: the reason in the page, not a JSON body.
+                status = exc.status if isinstance(exc, BadInput) else 404
+                return self.render("error.html", session, status=status, error=str(exc))
 
         return endpoint
 
