@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.runtime.helpers import EXCHANGE, Receiver, Server, make_key, wait_until
+from tests.runtime.helpers import (
+    EXCHANGE,
+    Receiver,
+    Server,
+    make_certificate,
+    make_key,
+    wait_until,
+)
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -88,6 +96,23 @@ class TestLogin:
         assert "secure" not in cookie  # plain HTTP here
         page = client.get("/console")
         assert page.status_code == 200 and "Overview" in page.text
+
+    def test_over_tls_the_cookie_is_secure(self, tmp_path: Path) -> None:
+        """Served over HTTPS, the session cookie is marked Secure."""
+        cert, key, ca = make_certificate(tmp_path)
+        tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+        server = Server(EXCHANGE, tmp_path / "data", None, *tls)
+        server.url = server.url.replace("http://", "https://")
+        server.start()
+        try:
+            trusted = ssl.create_default_context(cafile=str(ca))
+            answer = httpx.post(
+                server.url + "/console/login", data={"key": server.key}, verify=trusted
+            )
+            assert answer.status_code == 303
+            assert "; secure" in answer.headers["set-cookie"].lower()
+        finally:
+            server.stop()
 
     def test_a_key_without_admin_is_refused(self, exchange: Exchange) -> None:
         """A key with other scopes gets the form again with the reason, and no cookie."""
