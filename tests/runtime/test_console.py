@@ -174,6 +174,8 @@ class TestPages:
             assert f'id="rule-{name}"' in rules
         assert "SELECT * FROM &#39;alert/fraud&#39;" in rules
         assert "object fraud-archive" in rules
+        archive = rules.split('id="rule-archive-events"')[1].split("</tr>")[0]
+        assert re.search(r"rule_matches: [1-9]", archive), archive
 
         events = client.get("/console/events", params={"topic": "event/+"}).text
         assert sell in events and buy in events
