@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.runtime.conftest import SHARED, backend_variables
 from tests.runtime.helpers import (
     EXCHANGE,
     Receiver,
@@ -45,20 +46,30 @@ class Exchange:
     app: Path  # a copy of the example: the console edits it
 
 
-@pytest.fixture(scope="module")
-def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
+@pytest.fixture(scope="module", params=["embedded", "distributed"])
+def exchange(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Exchange]:
+    """The exchange on each set of backends, shared by the tests of this module."""
     root = tmp_path_factory.mktemp("console")
     app = root / "exchange"
     shutil.copytree(EXCHANGE, app, ignore=shutil.ignore_patterns("__pycache__"))
     receiver = Receiver(status=400)
-    env = {"RULEBUS_FRAUD_WEBHOOK_URL": receiver.url, "RULEBUS_FRAUD_WEBHOOK_SECRET": SECRET}
-    server = Server(app, root / "data", env).start()
-    Server.running.remove(server)  # shared by the tests of this module
-    try:
-        yield Exchange(server, receiver, app)
-    finally:
-        server.stop()
-        receiver.close()
+    with backend_variables(request.param, request) as variables:
+        env = {
+            **variables,
+            "RULEBUS_FRAUD_WEBHOOK_URL": receiver.url,
+            "RULEBUS_FRAUD_WEBHOOK_SECRET": SECRET,
+        }
+        server = Server(app, root / "data", env).start()
+        Server.running.remove(server)  # shared by the tests of this module
+        SHARED.append(server)
+        try:
+            yield Exchange(server, receiver, app)
+        finally:
+            server.stop()
+            SHARED.remove(server)
+            receiver.close()
 
 
 def login(server: Server, key: str | None = None) -> httpx.Client:
