@@ -100,3 +100,40 @@ def test_a_client_error_from_the_receiver_is_not_retried(
     finally:
         server.stop()
         receiver.close()
+
+
+def test_an_error_action_publishes_under_its_own_id(tmp_path: Path) -> None:
+    """The error action's republished event is not mistaken for the one the rule's
+    first action republished for the same event (same rule, same event)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "rulebus.yaml").write_text(
+        textwrap.dedent(
+            """
+            tables:
+              needs_sku: {key: [sku]}
+              seen: {key: [src, topic]}
+            rules:
+              order:
+                sql: SELECT *, id AS src FROM 'orders/+'
+                actions:
+                  - republish: {topic: copies/order}
+                  - table: {name: needs_sku}
+                error_action:
+                  republish: {topic: failures/order}
+              seen:
+                sql: SELECT payload.id AS src, topic() AS topic FROM 'failures/#'
+                actions: [{table: {name: seen}}]
+              copied:
+                sql: SELECT src, topic() AS topic FROM 'copies/#'
+                actions: [{table: {name: seen}}]
+            """
+        )
+    )
+    server = Server(app, tmp_path / "data").start()
+    try:
+        server.post("/topics/orders/new", {"id": "o-1"})  # no sku: the table action fails
+        rows = wait_until(lambda: r if len(r := server.scan("seen")) == 2 else None, what="both")
+        assert sorted(row["topic"] for row in rows) == ["copies/order", "failures/order"]
+    finally:
+        server.stop()

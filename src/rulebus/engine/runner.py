@@ -51,6 +51,7 @@ IDLE_POLL = 0.02  # and the longest wait between looks
 # and latency at 5,000 events/s was no worse (p99 49 against 51 ms).
 LINGER = 0.015
 RETRY_POLL = 0.5
+ERROR_ACTION_INDEX = -1  # the index an error action runs with (the rule's actions count from 0)
 # The dispatch position is committed at most this often (sooner when the
 # window is full). It only bounds what a crash re-delivers, while each commit
 # holds the bus's write lock that ingest needs too.
@@ -456,7 +457,12 @@ class Engine:
         if rule is not None and rule.error_action is not None:
             payload = error_payload(rule.name, event, retry)
             delivery = Delivery(event, rule.name, payload, context(event), payload)
-            for _, f in await self._run(delivery, [rule.error_action], [0]):
+            # Its own index: what it publishes or sends gets ids of its own, not
+            # those of the rule's first action for the same event.
+            action = rule.error_action
+            (error,) = await run_many(action, [delivery], ERROR_ACTION_INDEX, self.services)
+            if error is not None:
+                f = self._failure(action, delivery, error)
                 retry.failures.append(
                     Failure(f"error_action:{f.action}", f.resource, f.message, f.retryable)
                 )
