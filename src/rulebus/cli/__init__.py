@@ -15,6 +15,7 @@ from rulebus.cli.reload import reload
 from rulebus.cli.replay import replay_command
 from rulebus.cli.run import api, check, up, worker
 from rulebus.cli.sql import sql
+from rulebus.cli.testing import test_command
 from rulebus.cli.trace import trace_command
 
 
@@ -28,3 +29,4 @@ for command in (up, api, worker, check, reload, keys_group, publish, table, buck
     main.add_command(command)
 main.add_command(trace_command)
 main.add_command(replay_command)
+main.add_command(test_command)
