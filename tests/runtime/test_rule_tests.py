@@ -282,3 +282,14 @@ def test_json_output_for_ci(tmp_path: Path) -> None:
         {"path": "tables.trades[0].total", "message": "expected 101, got 100"}
     ]
     assert '+        "total": 100' in test["diff"]
+
+
+def test_k_runs_only_the_tests_whose_name_contains_the_text() -> None:
+    """-k selects by name; a text no test's name contains is an error, not a pass."""
+    result = cli("test", str(EXCHANGE), "-k", "posted twice", "-v")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "1 passed (1 test in 1 file)"
+    assert "the same id posted twice is archived once" in result.stdout
+    result = cli("test", str(EXCHANGE), "-k", "no such test")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == "error: no test's name contains 'no such test'\n"

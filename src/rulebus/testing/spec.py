@@ -132,14 +132,17 @@ def _events(opts: Options, app: App, test: str, now: int) -> tuple[Event, ...]:
         client_id = ev.optional_str("client_id")
         principal = ev.optional_str("principal")
         given_id = ev.optional_str("id")
+        if given_id is not None:
+            try:
+                event_id(given_id)
+            except BadInput as exc:
+                ev.fail("id", exc.message)
         default_id = given_id or name_id(_IDS, f"{test}/{n}")
         path = ev.optional_str("route")
         topic = ev.optional_str("topic")
         if (path is None) == (topic is None):
             ev.fail(None, "give either 'topic' (publish to it) or 'route' (POST to it)")
         try:
-            if given_id is not None:
-                event_id(given_id)
             if path is not None:
                 if path not in routes:
                     known = ", ".join(sorted(routes)) or "none declared"
