@@ -113,7 +113,9 @@ def _rule(
         actual["matched"] = bool(outputs)
         if want.matched != bool(outputs):
             fired = f"it fired on {len(outputs)} event(s)" if outputs else "it did not fire"
-            found.append(Difference(key_path(path, "matched"), f"expected {want.matched}, {fired}"))
+            found.append(
+                Difference(key_path(path, "matched"), f"expected {show(want.matched)}, {fired}")
+            )
     if want.has_output:
         expected["output"] = want.output
         if len(outputs) == 1:
