@@ -62,7 +62,8 @@ class TemplateError(RulebusError):
 
     def __str__(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.key}: {self.message}"
+        # An empty key: the error is about the whole file (missing, unreadable).
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
 class BadInput(RulebusError):

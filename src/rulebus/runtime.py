@@ -82,6 +82,19 @@ class EngineLock:
                     warned = True
                 await asyncio.sleep(0.2)
 
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock now; a probe that keeps nothing."""
+        if not self.path.parent.exists():
+            return False
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock taken here
+        return False
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

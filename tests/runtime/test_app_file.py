@@ -156,7 +156,16 @@ def test_a_missing_app_file_is_one_line(tmp_path: Path) -> None:
     """Pointing at a folder without rulebus.yaml says so."""
     result = cli("check", str(tmp_path))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'rulebus.yaml'}: (file): file not found"
+    assert result.stderr.strip() == f"error: {tmp_path / 'rulebus.yaml'}: file not found"
+
+
+def test_a_missing_app_folder_is_one_line(tmp_path: Path) -> None:
+    """A path that does not exist is named as the app folder it should be."""
+    result = cli("up", str(tmp_path / "nosuch"), "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: {tmp_path / 'nosuch'}: no such app folder (an app is a folder with a rulebus.yaml)"
+    )
 
 
 def test_a_nul_byte_in_the_file_is_one_line(tmp_path: Path) -> None:

@@ -75,3 +75,22 @@ def test_up_on_a_busy_port_is_one_line(tmp_path: Path, backends: dict[str, str])
         assert result.stderr.strip().startswith(f"error: cannot listen on 127.0.0.1:{server.port}")
     finally:
         server.stop()
+
+
+def test_a_second_up_on_a_data_dir_in_use_is_refused(tmp_path: Path) -> None:
+    """Another ``up`` on an embedded data directory whose engine runs fails at once,
+    naming the process, instead of waiting as an API without an engine."""
+    server = Server(EXCHANGE, tmp_path / "data").start()
+    try:
+        result = cli("up", str(EXCHANGE), "--port", "0", data_dir=tmp_path / "data")
+        assert result.returncode == 1
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: {tmp_path / 'data'} is in use by another rulebus engine")
+        assert server.proc is not None and f"pid {server.proc.pid} (up)" in line
+        assert "rulebus api" in line
+        assert "listening" not in result.stdout
+    finally:
+        server.stop()
+    # Once it has stopped, the directory is free again.
+    again = Server(EXCHANGE, tmp_path / "data").start()
+    again.stop()

@@ -28,6 +28,7 @@ from tests.runtime.helpers import (
 
 APP = """
 egress: {{allow: [127.0.0.0/8]}}
+retry: {{attempts: 4, backoff: 50ms, max_backoff: 200ms}}
 notifications:
   alerts:
     subscribers:
@@ -63,9 +64,10 @@ class Up:
 
 
 @contextmanager
-def up(tmp_path: Path, *options: str) -> Iterator[Up]:
-    """The app with a receiver that answers 400: a delivery is dead-lettered at once."""
-    receiver = Receiver(status=400)
+def up(tmp_path: Path, *options: str, receiver: Receiver | None = None) -> Iterator[Up]:
+    """The app with a receiver that answers 400 unless told otherwise: a delivery is
+    dead-lettered at once."""
+    receiver = receiver or Receiver(status=400)
     app = tmp_path / "app"
     app.mkdir()
     (app / "rulebus.yaml").write_text(textwrap.dedent(APP.format(url=receiver.url)))
@@ -138,3 +140,24 @@ def test_an_unknown_log_format_is_a_one_line_error(tmp_path: Path) -> None:
         assert result.returncode == 2
         (line,) = result.stderr.splitlines()
         assert line.startswith("error: Invalid value for '--log-format': 'xml' is not one of")
+def test_each_retry_is_logged_at_info(tmp_path: Path) -> None:
+    """A webhook that answers 503 twice: two lines at INFO, each with the event, rule,
+    action, the attempt to come and the error, then the delivery succeeds."""
+    receiver = Receiver(fail_first=2)
+    with up(tmp_path, "--log-format", "json", receiver=receiver) as server:
+        event_id = server.post("/topics/alerts/disk", {"level": 3}).json()["id"]
+        wait_until(lambda: len(receiver.received) == 1, what="the third attempt")
+        lines = [json.loads(line) for line in server.stop()]
+    retried = [line for line in lines if line["message"].startswith("retrying event")]
+    assert [line["level"] for line in retried] == ["INFO", "INFO"]
+    for attempt, line in enumerate(retried, start=2):
+        assert (line["event_id"], line["rule"], line["action"]) == (
+            event_id,
+            "alert",
+            "notify:alerts",
+        )
+        assert f"attempt {attempt} of 4: " in line["message"]
+        assert "503" in line["message"]
+    assert not [line for line in lines if line["level"] in ("WARNING", "ERROR")], lines
+
+

@@ -266,7 +266,7 @@ def test_invalid_yaml_a_bad_matcher_and_a_missing_app_exit_2(tmp_path: Path) -> 
     )
     result = cli("test", str(tmp_path / "missing"))
     assert (result.returncode, result.stderr.count("\n")) == (2, 1)
-    assert result.stderr.endswith("/missing: (file): file not found\n")
+    assert "/missing: no such app folder" in result.stderr
 
 
 def test_json_output_for_ci(tmp_path: Path) -> None:

@@ -229,9 +229,9 @@ def test_aws_lambda_points_to_a_function_action() -> None:
         compile_rule("SELECT aws_lambda('arn', *) AS x FROM 'x'")
 
 
-def test_get_dynamodb_points_to_a_table_lookup() -> None:
-    """The get_dynamodb() rejection names the rulebus alternative."""
-    with pytest.raises(SqlError, match="table lookup"):
+def test_get_dynamodb_points_to_a_function_action() -> None:
+    """The get_dynamodb() rejection names the rulebus alternative, which exists."""
+    with pytest.raises(SqlError, match="function action"):
         compile_rule("SELECT get_dynamodb('t', 'k', id, 'arn') AS x FROM 'x'")
 
 

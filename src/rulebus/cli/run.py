@@ -26,8 +26,8 @@ from rulebus.backends.sqlite_bus import Partition
 from rulebus.cli.common import backends, backends_option, data_dir_option, options
 from rulebus.errors import RulebusError
 from rulebus.logs import FORMATS, log_to_stderr
-from rulebus.reload import Reloader, registered
-from rulebus.runtime import Backends, Runtime
+from rulebus.reload import Reloader, registered, running
+from rulebus.runtime import Backends, EngineLock, Runtime
 from rulebus.supervisor import (
     settle_memory,
     signal_children,
@@ -179,6 +179,7 @@ def up(
         raise click.UsageError("--workers and --single-process exclude each other")
     where = backends(chosen)
     tls = _tls(tls_cert, tls_key)
+    _refuse_a_second_engine(data_dir, where)
     listener = log_to_stderr(log_level, log_format)
     try:
         app = load_app(app_dir)
@@ -194,6 +195,23 @@ def up(
         _run(_serve(app, data_dir, where, sock, commands, tls))
     finally:
         listener.stop()
+
+
+def _refuse_a_second_engine(data_dir: Path, where: Backends) -> None:
+    """``up`` on an embedded data directory whose engine already runs elsewhere fails.
+
+    It would only wait for that engine to stop, serving an API meanwhile, which
+    nobody starting ``up`` means; ``rulebus api`` adds an API process on purpose.
+    """
+    if not is_embedded(where.bus) or not EngineLock(data_dir).held_elsewhere():
+        return
+    others = ", ".join(
+        f"pid {p.pid} ({p.role})" for p in running(data_dir) if p.role in ("up", "worker")
+    )
+    raise click.ClickException(
+        f"{data_dir} is in use by another rulebus engine{f' ({others})' if others else ''}: "
+        "stop it first, or run `rulebus api` for one more API process on it"
+    )
 
 
 @click.command()

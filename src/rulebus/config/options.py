@@ -53,6 +53,7 @@ class Options:
         self.fail(key, f"required: {expected}")
 
     def has(self, key: str) -> bool:
+        self._seen.add(key)  # a key asked about is a known key, for ``done``'s hint
         return key in self.value
 
     def raw(self, key: str, default: Any = None) -> Any:
@@ -137,10 +138,24 @@ class Options:
     def done(self) -> None:
         for key in self.value:
             if key not in self._seen:
-                hint = difflib.get_close_matches(key, sorted(self._seen), n=1)
+                hint = _closest(key, self._seen)
                 expected = ", ".join(sorted(self._seen)) or "none"
                 extra = f"; did you mean {hint[0]!r}?" if hint else f" (expected: {expected})"
                 self.fail(key, f"unknown key{extra}")
+
+
+def _closest(key: str, known: set[str]) -> list[str]:
+    """The known key ``key`` was probably meant to be, ignoring case, ``_`` and ``-``
+    (``errorAction`` and ``error-action`` mean ``error_action``)."""
+
+    def plain(text: str) -> str:
+        return text.lower().replace("_", "").replace("-", "")
+
+    by_plain = {plain(k): k for k in sorted(known)}
+    if plain(key) in by_plain:
+        return [by_plain[plain(key)]]
+    hint = difflib.get_close_matches(plain(key), list(by_plain), n=1)
+    return [by_plain[hint[0]]] if hint else []
 
 
 def _kind(value: Any) -> str:

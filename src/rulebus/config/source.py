@@ -65,9 +65,9 @@ def read_source(path: Path) -> Source:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise TemplateError("file not found", file=file, line=None, key="(file)") from None
+        raise TemplateError("file not found", file=file, line=None, key="") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise TemplateError(f"cannot read: {exc}", file=file, line=None, key="(file)") from None
+        raise TemplateError(f"cannot read: {exc}", file=file, line=None, key="") from None
     source = Source(file, None)
     loader = None
     try:

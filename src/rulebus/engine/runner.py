@@ -279,7 +279,7 @@ class Engine:
             for delivery, error in zip(deliveries, errors, strict=True):
                 if error is not None:
                     entry = failed.setdefault(id(delivery), (rule, delivery, []))
-                    entry[2].append((index, self._failure(rule.actions[index], delivery, error)))
+                    entry[2].append((index, failure(rule.actions[index], delivery, error)))
         for rule, delivery, failures in failed.values():
             retries.append(self._retry(delivery.event, rule, 1, failures, now))
         return retries
@@ -344,14 +344,28 @@ class Engine:
     ) -> Retry:
         final = attempts >= rule.retry.attempts or any(not f.retryable for _, f in failed)
         self.metrics.after_failure(rule.name, rule.actions, [i for i, _ in failed], final)
+        # A delivery that will not be tried again goes to its error action now.
+        due = now if final else now + backoff(rule.retry, attempts, [f for _, f in failed])
+        if not final:
+            actions = [action_label(rule.actions[i]) for i, _ in failed]
+            log.info(
+                "retrying event %s for rule %s (%s) in %.1f s, attempt %d of %d: %s",
+                event.id,
+                rule.name,
+                ", ".join(actions),
+                due - now,
+                attempts + 1,
+                rule.retry.attempts,
+                "; ".join(f.message for _, f in failed),
+                extra={"event_id": event.id, "rule": rule.name, "action": ",".join(actions)},
+            )
         return Retry(
             event,
             rule.name,
             attempts,
-            # A delivery that will not be tried again goes to its error action now.
-            now if final else now + backoff(rule.retry, attempts, [f for _, f in failed]),
+            due,
             [index for index, _ in failed],
-            [failure for _, failure in failed],
+            [f for _, f in failed],
         )
 
     async def _run(
@@ -362,30 +376,10 @@ class Engine:
             *(run_many(actions[i], [delivery], i, self.services) for i in indices)
         )
         return [
-            (i, self._failure(actions[i], delivery, errors[0]))
+            (i, failure(actions[i], delivery, errors[0]))
             for i, errors in zip(indices, results, strict=True)
             if errors[0] is not None
         ]
-
-    def _failure(self, action: Action, delivery: Delivery, error: Exception) -> Failure:
-        if isinstance(error, ActionError):
-            return Failure(
-                action.kind, action.resource, error.message, error.retryable, error.retry_after
-            )
-        if isinstance(error, NotFound):
-            return Failure(action.kind, action.resource, str(error), retryable=False)
-        log.error(
-            "action %s of rule %s failed",
-            action.kind,
-            delivery.rule,
-            exc_info=error,
-            extra={
-                "event_id": delivery.event.id,
-                "rule": delivery.rule,
-                "action": action_label(action),
-            },
-        )
-        return Failure(action.kind, action.resource, f"{type(error).__name__}: {error}")
 
     # -- retries and dead letters ------------------------------------------
 
@@ -462,7 +456,7 @@ class Engine:
             action = rule.error_action
             (error,) = await run_many(action, [delivery], ERROR_ACTION_INDEX, self.services)
             if error is not None:
-                f = self._failure(action, delivery, error)
+                f = failure(action, delivery, error)
                 retry.failures.append(
                     Failure(f"error_action:{f.action}", f.resource, f.message, f.retryable)
                 )
@@ -505,6 +499,28 @@ async def run_many(
         return await action.run_many(deliveries, index, services)
     except Exception as exc:
         return [exc] * len(deliveries)
+def failure(action: Action, delivery: Delivery, error: Exception) -> Failure:
+    """An action's error as retries and dead letters keep it; a crash is logged in full."""
+    if isinstance(error, ActionError):
+        return Failure(
+            action.kind, action.resource, error.message, error.retryable, error.retry_after
+        )
+    if isinstance(error, NotFound):
+        return Failure(action.kind, action.resource, str(error), retryable=False)
+    log.error(
+        "action %s of rule %s failed",
+        action.kind,
+        delivery.rule,
+        exc_info=error,
+        extra={
+            "event_id": delivery.event.id,
+            "rule": delivery.rule,
+            "action": action_label(action),
+        },
+    )
+    return Failure(action.kind, action.resource, f"{type(error).__name__}: {error}")
+
+
 
 
 def error_payload(rule: str, event: Event, retry: Retry) -> dict[str, Any]:

@@ -41,8 +41,22 @@ AUTH_MODES = ("key", "none")
 def load_app(path: Path | str) -> App:
     """Load and validate an app folder (or its ``rulebus.yaml``); raises TemplateError."""
     path = Path(path)
+    if not path.exists():
+        raise TemplateError(
+            f"no such app folder (an app is a folder with a {APP_FILE})",
+            file=str(path),
+            line=None,
+            key="",
+        )
     file = path / APP_FILE if path.is_dir() else path
     source = read_source(file)
+    if not source.data:
+        raise TemplateError(
+            "the app file is empty: it needs at least rules (see docs/app-file.md)",
+            file=str(file),
+            line=None,
+            key="",
+        )
     top = Options(source, (), source.data, what="a mapping at the top level")
     app = App(root=file.parent.resolve(), file=str(file), name=top.text("name", file.parent.name))
     app.retry = _retry(top.section("retry"), RetrySpec())
@@ -61,6 +75,8 @@ def load_app(path: Path | str) -> App:
         functions=frozenset(app.functions),
     )
     app.rules = _rules(top.section("rules"), declared, app.retry)
+    if not app.rules:
+        app.warnings.append(f"{file}: no rules: events are stored, and nothing acts on them")
     app.routes = _routes(top.section("api"), app.warnings)
     top.done()
     return app

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from rulebus.actions.base import Action, Delivery, Services
+from rulebus.actions.base import Delivery, Services
 from rulebus.backends.base import Failure, Retry
 from rulebus.engine.runner import (
     ERROR_ACTION_INDEX,
@@ -26,9 +26,9 @@ from rulebus.engine.runner import (
     enabled,
     error_payload,
     evaluate,
+    failure,
     run_many,
 )
-from rulebus.errors import ActionError, NotFound
 from rulebus.events import Event
 from rulebus.functions import FunctionHost
 from rulebus.sql import NO_MATCH
@@ -114,7 +114,7 @@ class Sandbox:
                 (error,) = await run_many(action, [delivery], index, self.services)
                 if error is not None:
                     failed.append(index)
-                    failures.append(failure(action, error))
+                    failures.append(failure(action, delivery, error))
             if failures:
                 self._failed(rule, event, failures)
                 await self._give_up(rule, event, failed, failures)
@@ -138,14 +138,5 @@ class Sandbox:
         delivery = Delivery(event, rule.name, payload, context(event), payload)
         (error,) = await run_many(action, [delivery], ERROR_ACTION_INDEX, self.services)
         if error is not None:
-            f = failure(action, error)
+            f = failure(action, delivery, error)
             self._failed(rule, event, [Failure(f"error_action {f.action}", f.resource, f.message)])
-
-
-def failure(action: Action, error: Exception) -> Failure:
-    """An action's error as the engine records it."""
-    if isinstance(error, ActionError):
-        return Failure(action.kind, action.resource, error.message, error.retryable)
-    if isinstance(error, NotFound):
-        return Failure(action.kind, action.resource, str(error), retryable=False)
-    return Failure(action.kind, action.resource, f"{type(error).__name__}: {error}")

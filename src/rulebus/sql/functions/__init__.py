@@ -43,7 +43,12 @@ def _registry() -> dict[str, Function]:
 #: Every built-in function by lower-case name.
 FUNCTIONS: dict[str, Function] = _registry()
 
-_LOOKUP = "use a table lookup in the rule's actions instead (rulebus tables)"
+# Rules have no lookups: a function action can read anything in Python and
+# publish the enriched event for a second rule.
+_LOOKUP = (
+    "look the data up in a function action instead, and publish the enriched event "
+    "to a topic that another rule selects from"
+)
 _CALL = "call it from a function action instead"
 
 #: AWS IoT functions that need an AWS service or AWS-only state, with the rulebus way.
