@@ -243,6 +243,26 @@ class TestPages:
             page = found.group(1).replace("&amp;", "&") if found else ""
         assert keys == listed()
 
+    def test_events_are_searched_in_a_time_range(self, exchange: Exchange) -> None:
+        """From and until take ISO times or ages; an event outside the range is not listed,
+        and a time that is neither is a 400 that says what it expects."""
+        server = exchange.server
+        post_event(server, {"type": "sell", "price": 1, "id": "console-range-1"})
+        wait_until(lambda: "console-range-1" in str(server.scan("events")), what="the row")
+        client = login(server)
+
+        def listed(**params: str) -> str:
+            answer = client.get("/console/events", params={"topic": "event/sell", **params})
+            assert answer.status_code == 200, answer.text
+            return answer.text
+
+        assert "console-range-1" in listed(since="10m")
+        assert "console-range-1" in listed(since="2000-01-01T00:00:00Z", until="2999-01-01T00:00Z")
+        assert "console-range-1" not in listed(since="2000-01-01T00:00:00Z", until="1h")
+        assert "console-range-1" not in listed(since="2999-01-01T00:00:00Z")
+        bad = client.get("/console/events", params={"since": "yesterday"})
+        assert bad.status_code == 400 and "expected ISO 8601" in bad.text
+
     def test_bad_input_is_a_clear_4xx_page(self, exchange: Exchange) -> None:
         """A bad parameter or an unknown name gets an HTML page that says what is wrong."""
         client = login(exchange.server)

@@ -4,7 +4,6 @@ buckets, dead letters, tail."""
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ from starlette.responses import Response
 from rulebus import metrics
 from rulebus.console.session import Session
 from rulebus.console.web import Console, read_form
+from rulebus.engine.replay import parse_time
 from rulebus.errors import BadInput, NotFound, SqlError, SqlEvalError
 from rulebus.sql import NO_MATCH, EvalContext, TopicFilter, compile_rule, validate_topic
 from rulebus.sql.types import to_json_value
@@ -124,7 +124,10 @@ class Pages:
         q = request.query_params
         event_id = q.get("id", "").strip()
         topic = q.get("topic", "").strip()
-        since_min = _int(q.get("minutes"), 60, "minutes", 1, 60 * 24 * 366)
+        since = q.get("since", "").strip() or "1h"
+        until = q.get("until", "").strip()
+        since_ms = parse_time(since, "since")
+        until_ms = parse_time(until, "until") if until else None
         after = _int(q.get("after"), 0, "after")
         limit = _limit(request)
         found: list[Any] = []
@@ -137,8 +140,7 @@ class Pages:
                 wanted = TopicFilter(topic or "#")
             except SqlError as exc:
                 raise BadInput(str(exc)) from None
-            since_ms = int((time.time() - since_min * 60) * 1000)
-            async for event in self.c.runtime.bus.history(since_ms, None):
+            async for event in self.c.runtime.bus.history(since_ms, until_ms):
                 if event.seq <= after or not wanted.matches(event.topic):
                     continue
                 if len(found) == limit:
@@ -149,7 +151,7 @@ class Pages:
             "events.html",
             session,
             events=found,
-            q={"id": event_id, "topic": topic, "minutes": since_min, "limit": limit},
+            q={"id": event_id, "topic": topic, "since": since, "until": until, "limit": limit},
             next_after=found[-1].seq if more else None,
         )
 
