@@ -104,6 +104,19 @@ class NotFound(RulebusError):
     """A table, bucket, key or dead letter that does not exist."""
 
 
+class NoDeadLetter(NotFound):
+    """Dead letter ids that name none: ``ids`` are all of those asked for that do not exist."""
+
+    def __init__(self, ids: list[int]) -> None:
+        listed = ", ".join(map(str, ids))
+        super().__init__(
+            f"no dead letter with id {listed}"
+            if len(ids) == 1
+            else f"no dead letters with ids {listed}"
+        )
+        self.ids = ids
+
+
 class Unavailable(RulebusError):
     """A backend that cannot be reached or refuses to work: which one, where, and why.
 

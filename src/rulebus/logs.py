@@ -2,7 +2,8 @@
 
 Lines are text (``FORMAT``) or, with ``--log-format json``, one JSON object
 each: ``time``, ``level``, ``logger``, ``message``, and the ``event_id``,
-``rule`` and ``action`` a record carries (``extra=`` at the engine's calls).
+``rule``, ``action`` and ``dead_letter`` a record carries (``extra=`` at the
+engine's calls).
 
 The event loop only formats a record's message and queues it, so a slow
 stderr never blocks it. The log subscriber of a notification topic writes a
@@ -26,7 +27,8 @@ from rulebus import codec
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 BATCH = 256  # lines per write at most
 FORMATS = ("text", "json")
-CONTEXT = ("event_id", "rule", "action")  # what a record may carry, named as in the JSON
+# What a record may carry, named as in the JSON.
+CONTEXT = ("event_id", "rule", "action", "dead_letter")
 
 
 class _Enqueue(logging.Handler):

@@ -2,8 +2,9 @@
 
 A trace holds the event; the rules that delivered it, each attempt with its
 actions' start times, durations and errors (replays marked); the rules it
-did not match and why; its waiting retries and dead letters; and the events
-its deliveries published, each traced the same way.
+did not match and why; its waiting retries and dead letters (and the dead
+letters purged, as attempts of kind ``purge``); and the events its
+deliveries published, each traced the same way.
 
 Rules not matched are worked out now, from the rules as the app has them
 now: a topic filter that does not match, or a WHERE that is false. When the
@@ -88,8 +89,9 @@ async def _assemble(bus: Bus, traced: Traced, app: App | None, depth: int) -> di
             "payload": event.payload,
         },
         "dispatched": traced.dispatched,
+        # A purge run has no app version: it routed nothing.
         "app_changed": app is not None
-        and any(run["v"] != app_version(app.rules) for _, run in traced.runs),
+        and any("v" in run and run["v"] != app_version(app.rules) for _, run in traced.runs),
         "rules": rules,
         "dead_letters": [
             {
@@ -163,7 +165,9 @@ def _rules(
             "rule": name,
             "matched": True,
             "status": _status(name, attempts, failed, waiting),
-            "changed_since": spec is not None and sql_hash(spec) != attempts[0]["sql"],
+            "changed_since": spec is not None
+            and attempts[0]["kind"] != "purge"  # which ran no SQL
+            and sql_hash(spec) != attempts[0]["sql"],
             "attempts": [],
         }
         for job in attempts:
@@ -230,6 +234,8 @@ def _status(name: str, attempts: list[dict[str, Any]], failed: set[str], waiting
     if name in waiting:
         return "retrying"
     last = [job for job in attempts if job["kind"] != "replay"] or attempts
+    if last[-1]["kind"] == "purge":
+        return "purged"
     if all(error is None for *_, error in last[-1]["actions"]):
         return "delivered"
     return "failed"

@@ -16,6 +16,7 @@ import pytest
 from rulebus.backends.base import Bus, Failure, Keyer, Retry
 from rulebus.backends.registry import open_store
 from rulebus.backends.sqlite_bus import Partition
+from rulebus.errors import NoDeadLetter
 from rulebus.events import Event
 from rulebus.template.model import RetentionSpec
 
@@ -398,6 +399,103 @@ def test_compaction_removes_only_what_is_done_with(open_bus: OpenBus, run: Run[A
         ]
 
     run(second())
+
+
+async def _dead_letter_all(bus: Bus, n: int, prefix: str = "e") -> dict[str, int]:
+    """Appends ``n`` events whose deliveries of rule ``r`` all gave up: event id -> letter id."""
+    await bus.append(events(n, prefix))
+    got = await read_all(bus, n)
+    failure = Failure("table", "events", "disk on fire")
+    await bus.commit(got, [Retry(e, "r", 3, time.time() - 1, [0], [failure]) for e in got])
+    ids = {}
+    for retry in await _settled(lambda: bus.due(time.time(), 100), n):
+        ids[retry.event.id] = await bus.dead_letter(retry)
+    return ids
+
+
+def test_dead_letter_ids_are_those_listed_and_unknown_ones_change_nothing(
+    open_bus: OpenBus, run: Run[Any]
+) -> None:
+    """``dead_letter`` returns the id ``dead_letters`` lists; a redrive or purge naming
+    an id that is no dead letter raises NoDeadLetter with all such ids and changes nothing."""
+    bus = open_bus()
+
+    async def main() -> None:
+        await bus.start(["r"])
+        ids = await _dead_letter_all(bus, 2)
+        listed = {letter.event.id: letter.id for letter in await bus.dead_letters()}
+        assert listed == ids
+        known = ids["e0"]
+        unknown = [max(ids.values()) + 1000, max(ids.values()) + 7]
+        for act in (bus.redrive, bus.purge):
+            with pytest.raises(NoDeadLetter) as caught:
+                await act([known, *unknown])
+            assert caught.value.ids == sorted(unknown)
+            assert str(caught.value) == f"no dead letters with ids {sorted(unknown)[0]}, " + str(
+                sorted(unknown)[1]
+            )
+        with pytest.raises(NoDeadLetter, match=r"^no dead letter with id 0$"):
+            await bus.purge([0])
+        assert sorted(letter.id for letter in await bus.dead_letters()) == sorted(ids.values())
+        assert await bus.due(time.time() + 7200, 10) == []
+
+    run(main())
+
+
+def test_purged_dead_letters_are_gone_for_good(open_bus: OpenBus, run: Run[Any]) -> None:
+    """Purging one dead letter removes it alone and it is not redriven after; the
+    event's trace says when it was purged; purging all removes the rest."""
+    bus = open_bus()
+
+    async def main() -> None:
+        await bus.start(["r"])
+        ids = await _dead_letter_all(bus, 4)
+        assert await bus.purge([ids["e1"]]) == 1
+        assert sorted(letter.event.id for letter in await bus.dead_letters()) == [
+            "e0",
+            "e2",
+            "e3",
+        ]
+        assert (await bus.stats()).dead_letters == 3
+        with pytest.raises(NoDeadLetter):
+            await bus.redrive([ids["e1"]])
+        traced = (await bus.traced(["e1"]))["e1"]
+        assert traced.dead_letters == []
+        (purge,) = [run for _, run in traced.runs if run["kind"] == "purge"]
+        assert purge["jobs"][0]["rule"] == "r" and purge["jobs"][0]["attempt"] == 3
+        assert await bus.redrive([ids["e0"]]) == 1
+        (redriven,) = await _settled(lambda: bus.due(time.time(), 10), 1)
+        assert redriven.event.id == "e0"
+        assert await bus.purge(None) == 2
+        assert await bus.dead_letters() == []
+        assert (await bus.stats()).dead_letters == 0
+        assert await bus.purge(None) == 0
+        assert [r.event.id for r in await bus.due(time.time(), 10)] == ["e0"]
+
+    run(main())
+
+
+def test_a_purged_dead_letter_no_longer_keeps_its_event(open_bus: OpenBus, run: Run[Any]) -> None:
+    """Compaction keeps the event of a dead letter; once the letter is purged, the event
+    goes with the next pass like any other done with."""
+    bus = open_bus()
+    retention = RetentionSpec(max_age=0.2, duplicate_window=0.2)
+
+    async def main() -> None:
+        await bus.start(["r"])
+        ids = await _dead_letter_all(bus, 1, "held")
+        await bus.append(events(5))
+        await bus.commit(await read_all(bus, 5), [])
+        await bus.compact(retention)  # notes the head: these events are old from now on
+        await asyncio.sleep(0.3)
+        await bus.compact(retention)
+        (letter,) = await bus.dead_letters()
+        assert letter.event.payload == {"n": 0}, "the dead letter still has its event"
+        await bus.purge([ids["held0"]])
+        await bus.compact(retention)
+        assert await bus.traced(["held0", "e2"]) == {}, "both are gone from the log"
+
+    run(main())
 
 
 def test_compaction_keeps_events_within_the_duplicate_window(

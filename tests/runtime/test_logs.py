@@ -63,6 +63,12 @@ class Up:
         return self.stderr.read_text().splitlines()
 
 
+def dead_letters(data: Path) -> list[dict[str, Any]]:
+    """What ``rulebus dlq ls`` lists."""
+    out = cli("dlq", "ls", data_dir=data, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
 @contextmanager
 def up(tmp_path: Path, *options: str, receiver: Receiver | None = None) -> Iterator[Up]:
     """The app with a receiver that answers 400 unless told otherwise: a delivery is
@@ -96,8 +102,9 @@ def up(tmp_path: Path, *options: str, receiver: Receiver | None = None) -> Itera
 
 def test_json_lines_carry_the_event_rule_and_action(tmp_path: Path) -> None:
     """With ``--log-format json`` every line on stderr is a JSON object with time, level,
-    logger and message; the dead letter's line (from an engine process) names the event,
-    the rule and the action, and ``--access-log`` adds a line per request."""
+    logger and message; the dead letter's line (from an engine process) names the dead
+    letter by the id ``dlq ls`` lists, the event, the rule and the action, and
+    ``--access-log`` adds a line per request."""
     with up(tmp_path, "--log-format", "json", "--access-log") as server:
         answer = server.post("/topics/alerts/disk", {"level": 1})
         assert answer.status_code == 202
@@ -107,9 +114,15 @@ def test_json_lines_carry_the_event_rule_and_action(tmp_path: Path) -> None:
     for line in lines:
         assert {"time", "level", "logger", "message"} <= set(line), line
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line["time"])
-    (dead,) = [line for line in lines if line["message"].startswith("dead-lettered")]
+    (dead,) = [line for line in lines if line["message"].startswith("dead letter ")]
     assert dead["level"] == "WARNING" and dead["logger"] == "rulebus.engine"
     assert (dead["event_id"], dead["rule"], dead["action"]) == (event_id, "alert", "notify:alerts")
+    # The id `rulebus dlq ls` lists, redrive and purge take.
+    (listed,) = dead_letters(tmp_path / "data")
+    assert dead["dead_letter"] == listed["id"]
+    assert dead["message"].startswith(
+        f"dead letter {listed['id']}: event {event_id} rule alert after "
+    )
     access = [line for line in lines if line["logger"] == "rulebus.access"]
     published = [line for line in access if line["path"] == "/topics/alerts/disk"]
     assert len(published) == 1
@@ -127,7 +140,8 @@ def test_text_is_the_default_and_no_access_log_without_the_flag(tmp_path: Path) 
         lines = server.stop()
     text = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING rulebus\.engine: ")
     assert any(
-        text.match(line) and f"dead-lettered event {event_id} for rule alert: " in line
+        text.match(line)
+        and re.search(rf"dead letter \d+: event {event_id} rule alert after \d+ attempts: ", line)
         for line in lines
     ), lines
     assert not any("rulebus.access" in line or "/topics/alerts" in line for line in lines)

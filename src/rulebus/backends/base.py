@@ -98,6 +98,15 @@ class TraceRun:
     replay: str | None = None
 
 
+def purge_run(at: float, seq: int, rule: str, attempts: int) -> TraceRun:
+    """The trace run a bus keeps when it purges a dead letter of the event at ``seq``.
+
+    A job with no actions: the rule's delivery ended here, after ``attempts``.
+    """
+    job = {"rule": rule, "attempt": attempts, "seqs": [seq], "actions": []}
+    return TraceRun(at, {"kind": "purge", "jobs": [job]}, [seq])
+
+
 @dataclass(slots=True)
 class Traced:
     """What a bus keeps about one event: the event, its trace runs, retries and dead letters."""
@@ -227,14 +236,26 @@ class DeliveryStore(Protocol):
         """Forget a retry that succeeded (or no longer applies)."""
         ...
 
-    async def dead_letter(self, retry: Retry) -> None:
-        """Move a retry that gave up to the dead letters."""
+    async def dead_letter(self, retry: Retry) -> int:
+        """Move a retry that gave up to the dead letters; returns the dead letter's id."""
         ...
 
     async def dead_letters(self) -> list[DeadLetter]: ...
 
     async def redrive(self, ids: Sequence[int] | None) -> int:
-        """Put dead letters (``None``: all of them) back to be retried now."""
+        """Put dead letters (``None``: all of them) back to be retried now; returns how many.
+
+        ``NoDeadLetter`` if some of ``ids`` are not dead letters: then none is redriven.
+        """
+        ...
+
+    async def purge(self, ids: Sequence[int] | None) -> int:
+        """Delete dead letters (``None``: all of them) for good; returns how many.
+
+        Their deliveries are not tried again, and their events are left to
+        retention. ``NoDeadLetter`` if some of ``ids`` are not dead letters:
+        then none is purged.
+        """
         ...
 
 

@@ -24,7 +24,8 @@ Layout, all named after the ``stream`` URL option (default ``RULEBUS``):
 - key-value bucket ``NAME_retries``: ``<n>.<event>.<rule>`` (hex-encoded),
   a failed delivery of an event in slot n, waiting for its next attempt.
 - stream ``NAME_DLQ``, subject ``NAME.dlq``: dead letters; a dead letter's
-  id is its stream sequence.
+  id is its stream sequence. Redriving or purging one deletes its message;
+  nothing else refers to it (it carries its event).
 - stream ``NAME_TRACE``: trace runs (``rulebus.engine.trace``), a message
   being a JSON array of them. Subject ``NAME.trace.<n>`` for what dispatch
   did in slot n, gathered for up to ``TRACE_FLUSH`` seconds and published
@@ -90,9 +91,10 @@ from rulebus.backends.base import (
     Traced,
     TraceRun,
     key_hash,
+    purge_run,
 )
 from rulebus.backends.registry import redact
-from rulebus.errors import RulebusError, Unavailable
+from rulebus.errors import NoDeadLetter, RulebusError, Unavailable
 from rulebus.events import Event
 
 if TYPE_CHECKING:
@@ -1303,7 +1305,7 @@ class NatsBus:
             self._forget(key)
             await self._kv_delete(key, self.retry_kv)
 
-    async def dead_letter(self, retry: Retry) -> None:
+    async def dead_letter(self, retry: Retry) -> int:
         key = self._key_of(retry)
         letter = {
             "event": codec.Fragment(_envelope(retry.event)),
@@ -1317,10 +1319,12 @@ class NatsBus:
         }
         # The id makes a repeat of this same give-up (after a crash) a duplicate.
         msg_id = f"{retry.event.id}/{retry.rule}/{retry.attempts}/{retry.due_at}"
-        await self._js.publish(
+        # A repeat is acknowledged with the sequence of the letter it repeats.
+        ack = await self._js.publish(
             self._dlq_subject, codec.dumps(letter), headers={"Nats-Msg-Id": msg_id}
         )
         await self.done(retry)
+        return int(ack.seq)
 
     async def _letters(self) -> list[tuple[int, dict[str, Any]]]:
         out: list[tuple[int, dict[str, Any]]] = []
@@ -1349,26 +1353,57 @@ class NatsBus:
         ]
 
     async def _letters_by_id(self, ids: Sequence[int]) -> list[tuple[int, dict[str, Any]]]:
-        """The dead letters with these ids (a read each, not the whole stream)."""
+        """The dead letters with these ids (a read each, not the whole stream).
+
+        ``NoDeadLetter`` if some ids name none.
+        """
         out = []
+        missing = []
         for seq in sorted(set(ids)):
-            try:
-                msg = await self._js.get_msg(self._dlq_stream, seq=seq)
-            except nats.js.errors.NotFoundError:
-                continue
-            out.append((seq, codec.loads(msg.data)))
+            msg = None
+            if seq >= 1:  # anything else is no sequence, and an error to ask for
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    msg = await self._js.get_msg(self._dlq_stream, seq=seq)
+            if msg is None:
+                missing.append(seq)
+            else:
+                out.append((seq, codec.loads(msg.data)))
+        if missing:
+            raise NoDeadLetter(missing)
         return out
 
+    async def _chosen_letters(self, ids: Sequence[int] | None) -> list[tuple[int, dict[str, Any]]]:
+        return await (self._letters() if ids is None else self._letters_by_id(ids))
+
+    async def _delete_letter(self, seq: int) -> None:
+        # Another redrive or purge may have taken it meanwhile.
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._js.delete_msg(self._dlq_stream, seq)
+
     async def redrive(self, ids: Sequence[int] | None) -> int:
-        count = 0
         now = time.time()
-        letters = await (self._letters() if ids is None else self._letters_by_id(ids))
+        letters = await self._chosen_letters(ids)
         for seq, letter in letters:
             event = _event(letter["event"], letter["seq"])
             await self._put_retry(letter.get("slot"), Retry(event, letter["rule"], 0, now, []))
-            await self._js.delete_msg(self._dlq_stream, seq)
-            count += 1
-        return count
+            await self._delete_letter(seq)
+        return len(letters)
+
+    async def purge(self, ids: Sequence[int] | None) -> int:
+        now = time.time()
+        letters = await self._chosen_letters(ids)
+        for seq, _ in letters:
+            await self._delete_letter(seq)
+        runs = [
+            purge_run(now, letter["seq"], letter["rule"], letter["attempts"])
+            for _, letter in letters
+        ]
+        try:
+            await self.record(runs)
+        except Exception as exc:
+            # The letters are gone either way; only the trace misses the purge.
+            log.warning("keeping the trace of a purge failed: %s", _reason(exc))
+        return len(letters)
 
 
 def _trace_parts(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

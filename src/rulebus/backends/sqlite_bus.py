@@ -38,8 +38,10 @@ from rulebus.backends.base import (
     Traced,
     TraceRun,
     key_hash,
+    purge_run,
 )
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB, GroupCommitWriter, connect, opened
+from rulebus.errors import NoDeadLetter
 from rulebus.events import Event
 
 if TYPE_CHECKING:
@@ -324,6 +326,31 @@ def _trace_rows(runs: Sequence[TraceRun]) -> list[tuple[int, int, float, str | N
 
 
 _INSERT_TRACES = "INSERT INTO trace_runs (first, last, at, replay, record) VALUES (?, ?, ?, ?, ?)"
+
+
+def _chosen_letters(
+    conn: sqlite3.Connection, ids: Sequence[int] | None
+) -> list[tuple[int, int, str, int]]:
+    """(id, seq, rule, attempts) of the dead letters ``ids`` names (``None``: all of them).
+
+    ``NoDeadLetter`` if some ids name none, before anything is changed.
+    """
+    if ids is None:
+        return conn.execute("SELECT id, seq, rule, attempts FROM dead_letters").fetchall()
+    wanted = sorted(set(ids))
+    rows: list[tuple[int, int, str, int]] = []
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        rows += conn.execute(
+            "SELECT id, seq, rule, attempts FROM dead_letters"
+            f" WHERE id IN ({', '.join('?' * len(chunk))})",
+            chunk,
+        ).fetchall()
+    found = {row[0] for row in rows}
+    missing = [id_ for id_ in wanted if id_ not in found]
+    if missing:
+        raise NoDeadLetter(missing)
+    return rows
 
 
 def _failures_json(failures: Sequence[Failure]) -> bytes:
@@ -663,19 +690,20 @@ class SqliteBus:
             lambda conn: conn.execute("DELETE FROM retries WHERE seq = ? AND rule = ?", key)
         )
 
-    async def dead_letter(self, retry: Retry) -> None:
+    async def dead_letter(self, retry: Retry) -> int:
         failures = codec.dumps([f.as_dict() for f in retry.failures])
         seq = retry.event.seq
 
-        def work(conn: sqlite3.Connection) -> None:
+        def work(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM retries WHERE seq = ? AND rule = ?", (seq, retry.rule))
-            conn.execute(
+            (id_,) = conn.execute(
                 "INSERT INTO dead_letters (seq, rule, attempts, failed_at, failures)"
-                " VALUES (?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
                 (seq, retry.rule, retry.attempts, time.time(), failures),
-            )
+            ).fetchone()
+            return int(id_)
 
-        await self._writer.submit_patiently(work)
+        return await self._writer.submit_patiently(work)
 
     async def dead_letters(self) -> list[DeadLetter]:
         columns = ", ".join("e." + c.strip() for c in _COLUMNS.split(","))
@@ -699,15 +727,25 @@ class SqliteBus:
         now = time.time()
 
         def work(conn: sqlite3.Connection) -> int:
-            where = "" if ids is None else f" WHERE id IN ({', '.join('?' * len(ids))})"
-            params = () if ids is None else tuple(ids)
-            rows = conn.execute(f"SELECT id, seq, rule FROM dead_letters{where}", params).fetchall()
+            rows = _chosen_letters(conn, ids)
             conn.executemany(
                 "INSERT OR REPLACE INTO retries (seq, rule, attempts, due_at, actions, failures)"
                 " VALUES (?, ?, 0, ?, '[]', '[]')",
-                [(seq, rule, now) for _, seq, rule in rows],
+                [(seq, rule, now) for _, seq, rule, _ in rows],
             )
             conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
+            return len(rows)
+
+        return await self._writer.submit(work)
+
+    async def purge(self, ids: Sequence[int] | None) -> int:
+        now = time.time()
+
+        def work(conn: sqlite3.Connection) -> int:
+            rows = _chosen_letters(conn, ids)
+            conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
+            runs = [purge_run(now, seq, rule, attempts) for _, seq, rule, attempts in rows]
+            conn.executemany(_INSERT_TRACES, _trace_rows(runs))
             return len(rows)
 
         return await self._writer.submit(work)

@@ -95,6 +95,12 @@ def render(trace: dict[str, Any], indent: str = "") -> list[str]:
         changed = " (rule changed since)" if rule.get("changed_since") else ""
         lines.append(f"{inner}+ {rule['rule']}: {rule['status']}{changed}")
         for attempt in rule["attempts"]:
+            if attempt["kind"] == "purge":
+                lines.append(
+                    f"{inner}    dead letter purged at {attempt['at']}"
+                    f" (after {attempt['attempt']} attempts)"
+                )
+                continue
             label = attempt["kind"]
             if label == "replay":
                 label = f"replay {attempt['replay']}"

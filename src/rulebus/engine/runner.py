@@ -460,14 +460,22 @@ class Engine:
                 retry.failures.append(
                     Failure(f"error_action:{f.action}", f.resource, f.message, f.retryable)
                 )
+        # Logged after it is kept, with the id that `rulebus dlq` lists and takes.
+        letter = await self.bus.dead_letter(retry)
         log.warning(
-            "dead-lettered event %s for rule %s: %s",
+            "dead letter %d: event %s rule %s after %d attempts: %s",
+            letter,
             event.id,
             retry.rule,
+            retry.attempts,
             "; ".join(f.message for f in retry.failures),
-            extra={"event_id": event.id, "rule": retry.rule, "action": _labels(rule, retry)},
+            extra={
+                "dead_letter": letter,
+                "event_id": event.id,
+                "rule": retry.rule,
+                "action": _labels(rule, retry),
+            },
         )
-        await self.bus.dead_letter(retry)
 
 
 def _labels(rule: RuleSpec | None, retry: Retry) -> str | None:
