@@ -81,6 +81,13 @@ class _Families:
             ["rule", "action", "outcome"],
             registry=None,
         )
+        self.replayed = Counter(
+            "rulebus_replay_deliveries",
+            "Deliveries made by rulebus replay (never by the engine), per rule and outcome:"
+            " delivered, failed, or already_replayed by an earlier run of the same replay.",
+            ["rule", "outcome"],
+            registry=None,
+        )
         self.seconds = Histogram(
             "rulebus_action_seconds",
             "Duration of one call of an action (in dispatch, over all of a batch's"
@@ -261,6 +268,18 @@ class EngineMetrics:
             if index < len(actions):
                 children = self._action(rule, index, actions[index])
                 (children.dead if final else children.retried).inc()
+
+
+def count_replay(rule: str, delivered: int, failed: int, already: int) -> None:
+    """Add what one run of ``rulebus replay`` delivered, kept apart from the engine's runs."""
+    if _families is None:
+        return
+    for outcome, count in (
+        ("delivered", delivered),
+        ("failed", failed),
+        ("already_replayed", already),
+    ):
+        _families.replayed.labels(rule, outcome).inc(count)
 
 
 class IngestMetrics:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from rulebus.backends.registry import open_store
 from rulebus.keys import ApiKey, new_key
@@ -381,3 +382,22 @@ def make_certificate(tmp_path: Path) -> tuple[Path, Path, Path]:
     )
     paths[2].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     return paths
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str, key: str) -> Samples:
+    """Every sample of GET /metrics, parsed as Prometheus parses it."""
+    answer = httpx.get(url + "/metrics", headers={"authorization": f"Bearer {key}"}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)

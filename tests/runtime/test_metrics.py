@@ -9,12 +9,9 @@ import time
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.distributed.helpers import Deployment
-from tests.runtime.helpers import Receiver, Server, make_key, wait_until
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+from tests.runtime.helpers import Receiver, Server, make_key, scrape, value, wait_until
 
 APP = """
 egress: {allow: [127.0.0.0/8]}
@@ -68,22 +65,6 @@ def write_app(tmp_path: Path, text: str) -> Path:
     app.mkdir(exist_ok=True)
     (app / "rulebus.yaml").write_text(textwrap.dedent(text))
     return app
-
-
-def scrape(url: str, key: str) -> Samples:
-    """Every sample of GET /metrics, parsed as Prometheus parses it."""
-    answer = httpx.get(url + "/metrics", headers={"authorization": f"Bearer {key}"}, timeout=30)
-    assert answer.status_code == 200, answer.text
-    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(answer.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def readings(start: int, count: int) -> list[dict[str, object]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.runtime.helpers import Receiver, Server, child_env, cli, wait_until
+from tests.runtime.helpers import Receiver, Server, child_env, cli, scrape, value, wait_until
 
 BEFORE = """
 egress: {{allow: [127.0.0.0/8]}}
@@ -126,6 +126,14 @@ def test_the_same_replay_twice_writes_rows_and_webhooks_once(tmp_path: Path) -> 
         assert "delivered 3, already replayed 0" in other.stderr.splitlines()[-1]
         assert len({r.headers["webhook-id"] for r in receiver.received}) == 6
         assert len(server.scan("big")) == 3  # rows are keyed: replaced, not added
+
+        # /metrics adds up the replays' processes, apart from the engine's runs.
+        samples = scrape(server.url, server.key)
+        replayed = "rulebus_replay_deliveries_total"
+        assert value(samples, replayed, rule="big-orders", outcome="delivered") == 2 + 1 + 0 + 3
+        assert value(samples, replayed, rule="big-orders", outcome="failed") == 1
+        assert value(samples, replayed, rule="big-orders", outcome="already_replayed") == 2 + 3
+        assert value(samples, "rulebus_rule_matches_total", rule="big-orders") == 0
     finally:
         server.stop()
         receiver.close()

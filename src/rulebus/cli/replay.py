@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from rulebus import codec
+from rulebus import codec, metrics
 from rulebus.actions.base import Services
 from rulebus.backends.base import Appended, Bus
 from rulebus.backends.registry import open_store
@@ -70,9 +70,15 @@ def replay_command(
     run_id = replay_id(rule, since, until, topic_filter)
     # What actions log (a notification's log subscriber) goes to stderr, not among the lines.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    if app.metrics and not dry_run:
+        # Into the data directory's metrics, which the API's /metrics adds up.
+        metrics.setup(data_dir, owner=False)
     counts = asyncio.run(
         _replay(app, rule_name, data_dir, where, since_ms, until_ms, topic, run_id, dry_run)
     )
+    if not dry_run:
+        failed = len(counts.failures)
+        metrics.count_replay(rule_name, counts.delivered, failed, counts.skipped)
     if counts.errors:
         sys.exit(1)
 
