@@ -62,6 +62,18 @@ def stores(
     )
 
 
+async def close_actions(app: App) -> None:
+    """Close every action of an app's rules; one that fails to close is logged, not raised."""
+    for rule in app.rules.values():
+        for action in [*rule.actions, rule.error_action]:
+            if action is None:
+                continue
+            try:
+                await action.close()
+            except Exception as exc:
+                log.warning("closing action %s of rule %s failed: %s", action.kind, rule.name, exc)
+
+
 class EngineLock:
     """One engine per data directory: two would deliver every event twice."""
 
@@ -134,6 +146,7 @@ class Runtime:
         self.notifier: Notifier | None = None
         self.functions: FunctionHost | None = None
         self._retired: list[FunctionHost] = []  # replaced by reloads, closed at stop
+        self._retired_apps: list[App] = []
         self._compactor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -188,6 +201,7 @@ class Runtime:
         if self.functions is not None:
             # Its threads may still be running calls: closed with the runtime.
             self._retired.append(self.functions)
+        self._retired_apps.append(self.app)  # its actions too: closed at stop
         self.functions = self.engine.services.functions = functions
         self.app = app
         self.engine.use(app, starts)
@@ -228,6 +242,9 @@ class Runtime:
             await self.engine.stop()
         if self.notifier is not None:
             await self.notifier.close()
+        if self.runs_engine:
+            for app in [*self._retired_apps, self.app]:
+                await close_actions(app)
         for host in [*self._retired, self.functions]:
             if host is not None:
                 host.close()

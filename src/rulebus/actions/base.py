@@ -122,6 +122,14 @@ class Action(ABC):
         """The topic this action always publishes to, if it publishes to a constant one."""
         return None
 
+    async def close(self) -> None:
+        """Release what the action opened while running (connections, clients).
+
+        Called when the runtime stops, for every action of its app and of the
+        apps a reload replaced (their batches may still be running until then).
+        """
+        return None
+
     @classmethod
     @abstractmethod
     def from_options(cls, opts: Options, declared: Declared) -> Action: ...
@@ -145,6 +153,49 @@ class Action(ABC):
         return list(
             await asyncio.gather(*(_capture(self.run(d, index, services)) for d in deliveries))
         )
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One message an outbound action renders for one delivery, before it is sent.
+
+    ``target``: where it goes, as a person reads it (``amqp exchange orders,
+    key eu``); ``payload``: what is sent (JSON value, or text); ``details``:
+    the rest that matters to the receiver (headers, QoS, message id).
+    """
+
+    target: str
+    payload: Any
+    details: dict[str, Any]
+
+
+class OutboundAction(Action):
+    """An action that sends to a system outside rulebus: a broker, a server, a mailbox.
+
+    It renders each delivery into an :class:`Outbound` message (``prepare``:
+    templates and checks only, no I/O), then sends the rendered messages in
+    one go (``send``), batched where the target allows it. ``rulebus test``
+    calls only ``prepare`` and records the messages, so a test touches
+    nothing outside. Connections are opened at the first ``send`` and
+    released by ``close``.
+    """
+
+    async def run_many(
+        self, deliveries: Sequence[Delivery], index: int, services: Services
+    ) -> list[Exception | None]:
+        return await in_one_go(
+            deliveries, lambda delivery: self.prepare(delivery, index), self.send
+        )
+
+    @abstractmethod
+    def prepare(self, delivery: Delivery, index: int) -> Outbound:
+        """The message for one delivery; raises ActionError (not retryable) if it cannot
+        be made. ``delivery.derived_id(index)`` is a message id stable across retries."""
+
+    @abstractmethod
+    async def send(self, messages: list[Outbound]) -> list[Exception | None]:
+        """Send the messages; returns each one's error (ActionError saying whether a retry
+        may help), or None."""
 
 
 async def in_one_go(

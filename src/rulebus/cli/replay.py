@@ -23,7 +23,7 @@ from rulebus.errors import ActionError, BadInput, Unavailable
 from rulebus.events import Event
 from rulebus.functions import FunctionHost
 from rulebus.notifications import Notifier
-from rulebus.runtime import Backends, stores
+from rulebus.runtime import Backends, close_actions, stores
 from rulebus.sql import TopicFilter
 from rulebus.template.model import App
 
@@ -132,6 +132,7 @@ async def _replay(
         )
         return await _run(app, rule_name, bus, services, since_ms, until_ms, topic, run_id, False)
     finally:
+        await close_actions(app)
         if notifier is not None:
             await notifier.close()
         if functions is not None:

@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from rulebus.actions.base import Delivery, Services
+from rulebus.actions.base import Action, Delivery, Outbound, OutboundAction, Services
 from rulebus.backends.base import Failure, Retry
 from rulebus.engine.runner import (
     ERROR_ACTION_INDEX,
@@ -31,6 +31,7 @@ from rulebus.engine.runner import (
 )
 from rulebus.events import Event
 from rulebus.functions import FunctionHost
+from rulebus.metrics import action_label
 from rulebus.sql import NO_MATCH
 from rulebus.template.model import App, RuleSpec
 from rulebus.testing.sandbox import CapturingBus, CapturingNotifier, MemoryObjects, MemoryTables
@@ -59,6 +60,16 @@ class Outcome:
     objects: MemoryObjects
     notifier: CapturingNotifier
     published: list[Event]
+    sent: list[Sent]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A message an outbound action (amqp, http, mqtt…) would have sent: rendered, not sent."""
+
+    rule: str
+    action: str  # as metrics label it: kind:resource
+    message: Outbound
 
 
 class Sandbox:
@@ -81,6 +92,7 @@ class Sandbox:
             log=_RULES_LOG,
         )
         self.runs = {name: RuleRun() for name in app.rules}
+        self.sent: list[Sent] = []
 
     async def run(self, case: TestCase) -> Outcome:
         for table in self.app.tables.values():
@@ -92,7 +104,8 @@ class Sandbox:
         inputs = len(self.bus.log)
         while self._queue:
             await self._dispatch(self._queue.popleft())
-        return Outcome(self.runs, self.tables, self.objects, self.notifier, self.bus.log[inputs:])
+        published = self.bus.log[inputs:]
+        return Outcome(self.runs, self.tables, self.objects, self.notifier, published, self.sent)
 
     async def _dispatch(self, event: Event) -> None:
         ctx = context(event)
@@ -111,13 +124,25 @@ class Sandbox:
             failed: list[int] = []
             failures: list[Failure] = []
             for index, action in enumerate(rule.actions):
-                (error,) = await run_many(action, [delivery], index, self.services)
+                error = await self._run(action, delivery, index)
                 if error is not None:
                     failed.append(index)
                     failures.append(failure(action, delivery, error))
             if failures:
                 self._failed(rule, event, failures)
                 await self._give_up(rule, event, failed, failures)
+
+    async def _run(self, action: Action, delivery: Delivery, index: int) -> Exception | None:
+        """Run an action as the engine would, except that what would leave rulebus is kept."""
+        if not isinstance(action, OutboundAction):
+            (error,) = await run_many(action, [delivery], index, self.services)
+            return error
+        try:
+            message = action.prepare(delivery, index)
+        except Exception as exc:
+            return exc
+        self.sent.append(Sent(delivery.rule, action_label(action), message))
+        return None
 
     def _failed(self, rule: RuleSpec, event: Event, failures: list[Failure]) -> None:
         for f in failures:
@@ -136,7 +161,7 @@ class Sandbox:
         retry = Retry(event, rule.name, 1, time.time(), failed, list(failures))
         payload = error_payload(rule.name, event, retry)
         delivery = Delivery(event, rule.name, payload, context(event), payload)
-        (error,) = await run_many(action, [delivery], ERROR_ACTION_INDEX, self.services)
+        error = await self._run(action, delivery, ERROR_ACTION_INDEX)
         if error is not None:
             f = failure(action, delivery, error)
             self._failed(rule, event, [Failure(f"error_action {f.action}", f.resource, f.message)])
