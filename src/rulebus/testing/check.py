@@ -2,9 +2,10 @@
 
 Only what a test lists is checked, but what it lists is checked whole: a
 listed table must hold exactly the rows given, a listed bucket exactly the
-objects, a listed notification topic exactly the messages, and ``published``
-exactly the events. One thing is checked whether listed or not: a rule that
-fails fails the test, unless the test expects that failure (``error:``).
+objects, a listed notification topic exactly the messages, ``published``
+exactly the events, and ``sent`` exactly the messages of outbound actions.
+One thing is checked whether listed or not: a rule that fails fails the
+test, unless the test expects that failure (``error:``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,26 @@ def check(case: TestCase, outcome: Outcome) -> TestResult:
         result.differences += differences
         result.expected["published"] = expect.published
         result.actual["published"] = view
+    if expect.sent is not None:
+        _sent(result, expect.sent, outcome)
     return result
+
+
+def _sent(result: TestResult, expected: list[Any], outcome: Outcome) -> None:
+    """What outbound actions would have sent, compared on the keys each expected message
+    lists (``target`` and ``details`` are optional)."""
+    actual = []
+    for n, sent in enumerate(outcome.sent):
+        listed = expected[n] if n < len(expected) and isinstance(expected[n], dict) else {}
+        message = {"action": sent.action, "payload": stored(sent.message.payload)}
+        for key in ("target", "details"):
+            if key in listed:
+                message[key] = stored(getattr(sent.message, key))
+        actual.append(message)
+    differences, view = compare(expected, actual, "sent")
+    result.differences += differences
+    result.expected["sent"] = expected
+    result.actual["sent"] = view
 
 
 def _section(result: TestResult, kind: str, name: str, expected: Any, actual: Any) -> None:

@@ -49,6 +49,7 @@ class Expectations:
     buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
     notifications: dict[str, list[Any]] = field(default_factory=dict)
     published: list[Any] | None = None
+    sent: list[Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,21 @@ def _expectations(opts: Options, app: App) -> Expectations:
             ev.raw("payload")
             _matchers(ev, "payload")
             ev.done()
+    sent = opts.raw("sent")
+    if sent is not None:
+        if not isinstance(sent, list):
+            opts.fail("sent", "expected a list of messages (action and payload)")
+        for n, item in enumerate(sent):
+            message = Options(opts.source, (*opts.path, "sent", n), item, what="a mapping")
+            message.text("action", required=True)
+            if not message.has("payload"):
+                message.missing("payload", "the payload the action would send")
+            for key in ("payload", "target", "details"):
+                message.raw(key)
+                _matchers(message, key)
+            message.done()
     opts.done()
-    return Expectations(rules, tables, buckets, notifications, published)
+    return Expectations(rules, tables, buckets, notifications, published, sent)
 
 
 def _rule(opts: Options) -> RuleExpectation:
