@@ -53,8 +53,9 @@ def reload(data_dir: Path, wait: float) -> None:
             seen[pid] = entry
             click.echo(_line(entry))
             pending.discard(pid)
-            # The engine processes of ``up`` reload after it: wait for them too.
-            pending.update(int(child) for child in entry.get("forwarded", []))
+            # The engine processes of ``up`` reload after it: wait for them too,
+            # unless one already answered (its record may come before up's).
+            pending.update(int(c) for c in entry.get("forwarded", []) if int(c) not in seen)
     for pid in sorted(pending):
         click.echo(f"pid {pid}: no answer within {wait:g}s (see its log)")
     failed = bool(pending) or any(not e.get("ok") for e in seen.values())
