@@ -191,7 +191,8 @@ def test_shares_split_the_log_and_keep_each_key_in_one_share_in_order(
 
 def test_failed_deliveries_wait_retry_and_dead_letter(open_bus: OpenBus, run: Run[Any]) -> None:
     """A retry kept at commit comes due with its event; it can be rescheduled, finished, or
-    dead-lettered, and a redriven dead letter is due again at once."""
+    dead-lettered, and a redriven dead letter is due again at once, for the actions that
+    had failed."""
     bus = open_bus()
     failure = Failure("table", "events", "disk on fire")
 
@@ -226,6 +227,8 @@ def test_failed_deliveries_wait_retry_and_dead_letter(open_bus: OpenBus, run: Ru
         assert await bus.dead_letters() == []
         (redriven,) = await _settled(lambda: bus.due(time.time(), 10), 1)
         assert (redriven.event.id, redriven.attempts) == (letter.event.id, 0)
+        # Only the actions that had failed run again, as in a retry.
+        assert redriven.actions == later[1].actions
 
     run(main())
 

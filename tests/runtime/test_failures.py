@@ -137,3 +137,51 @@ def test_an_error_action_publishes_under_its_own_id(tmp_path: Path) -> None:
         assert sorted(row["topic"] for row in rows) == ["copies/order", "failures/order"]
     finally:
         server.stop()
+
+
+TWO_ACTIONS = """
+egress: {{allow: [127.0.0.0/8]}}
+notifications:
+  good:
+    subscribers:
+      - webhook: {{url: "{good}", timeout: 2s}}
+  bad:
+    subscribers:
+      - webhook: {{url: "{bad}", timeout: 2s}}
+retry: {{attempts: 2, backoff: 50ms, max_backoff: 100ms}}
+rules:
+  alert:
+    sql: SELECT * FROM 'alerts/+'
+    actions:
+      - notify: {{topic: good}}
+      - notify: {{topic: bad}}
+"""
+
+
+def test_a_redrive_runs_again_only_the_actions_that_failed(
+    tmp_path: Path, backends: dict[str, str]
+) -> None:
+    """The first action delivered, the second failed for good: redriving the dead letter
+    sends the second once more, and not the first (its webhook gets one post in all)."""
+    good, bad = Receiver(), Receiver(status=400)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "rulebus.yaml").write_text(
+        textwrap.dedent(TWO_ACTIONS.format(good=good.url, bad=bad.url))
+    )
+    server = Server(app, tmp_path / "data", backends).start()
+    try:
+        server.post("/topics/alerts/disk", {"id": "a-9"})
+        (letter,) = wait_until(server.dead_letters, what="the dead letter")
+        assert len(good.received) == 1 and bad.attempts == 1
+        bad.status = None
+        assert server.cli("dlq", "redrive", str(letter["id"])).returncode == 0
+        wait_until(lambda: bad.received, what="the redriven delivery")
+        wait_until(server.idle, what="idle")
+        assert [r.json() for r in bad.received] == [{"id": "a-9"}]
+        assert len(good.received) == 1
+        assert server.dead_letters() == []
+    finally:
+        server.stop()
+        good.close()
+        bad.close()

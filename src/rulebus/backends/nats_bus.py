@@ -1316,6 +1316,7 @@ class NatsBus:
             "attempts": retry.attempts,
             "failed_at": time.time(),
             "failures": [f.as_dict() for f in retry.failures],
+            "actions": retry.actions,  # what a redrive runs again
         }
         # The id makes a repeat of this same give-up (after a crash) a duplicate.
         msg_id = f"{retry.event.id}/{retry.rule}/{retry.attempts}/{retry.due_at}"
@@ -1385,7 +1386,9 @@ class NatsBus:
         letters = await self._chosen_letters(ids)
         for seq, letter in letters:
             event = _event(letter["event"], letter["seq"])
-            await self._put_retry(letter.get("slot"), Retry(event, letter["rule"], 0, now, []))
+            # Only the actions that failed run again, as in a retry.
+            again = letter.get("actions", [])
+            await self._put_retry(letter.get("slot"), Retry(event, letter["rule"], 0, now, again))
             await self._delete_letter(seq)
         return len(letters)
 

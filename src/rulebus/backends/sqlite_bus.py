@@ -84,7 +84,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     rule TEXT NOT NULL,
     attempts INTEGER NOT NULL,
     failed_at REAL NOT NULL,
-    failures TEXT NOT NULL
+    failures TEXT NOT NULL,
+    -- The indices of the rule's actions that failed: what a redrive runs again.
+    actions TEXT NOT NULL DEFAULT '[]'
 );
 -- A trace looks an event's dead letters up, and compaction skips their events.
 CREATE INDEX IF NOT EXISTS dead_letters_seq ON dead_letters (seq);
@@ -296,6 +298,10 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
         if "key_hash" not in columns:
             conn.execute("ALTER TABLE events ADD COLUMN key_hash INTEGER")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(dead_letters)")}
+        if "actions" not in columns:
+            # Letters kept before: a redrive of one runs every action, as it used to.
+            conn.execute("ALTER TABLE dead_letters ADD COLUMN actions TEXT NOT NULL DEFAULT '[]'")
         # The single dispatch position of logs written before partitions.
         old = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'dispatch'"
@@ -328,21 +334,24 @@ def _trace_rows(runs: Sequence[TraceRun]) -> list[tuple[int, int, float, str | N
 _INSERT_TRACES = "INSERT INTO trace_runs (first, last, at, replay, record) VALUES (?, ?, ?, ?, ?)"
 
 
+_LETTER = "id, seq, rule, attempts, actions"
+
+
 def _chosen_letters(
     conn: sqlite3.Connection, ids: Sequence[int] | None
-) -> list[tuple[int, int, str, int]]:
-    """(id, seq, rule, attempts) of the dead letters ``ids`` names (``None``: all of them).
+) -> list[tuple[int, int, str, int, bytes]]:
+    """(id, seq, rule, attempts, actions) of the dead letters ``ids`` names (``None``: all).
 
     ``NoDeadLetter`` if some ids name none, before anything is changed.
     """
     if ids is None:
-        return conn.execute("SELECT id, seq, rule, attempts FROM dead_letters").fetchall()
+        return conn.execute(f"SELECT {_LETTER} FROM dead_letters").fetchall()
     wanted = sorted(set(ids))
-    rows: list[tuple[int, int, str, int]] = []
+    rows: list[tuple[int, int, str, int, bytes]] = []
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
         rows += conn.execute(
-            "SELECT id, seq, rule, attempts FROM dead_letters"
+            f"SELECT {_LETTER} FROM dead_letters"
             f" WHERE id IN ({', '.join('?' * len(chunk))})",
             chunk,
         ).fetchall()
@@ -692,14 +701,15 @@ class SqliteBus:
 
     async def dead_letter(self, retry: Retry) -> int:
         failures = codec.dumps([f.as_dict() for f in retry.failures])
+        actions = codec.dumps(retry.actions)
         seq = retry.event.seq
 
         def work(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM retries WHERE seq = ? AND rule = ?", (seq, retry.rule))
             (id_,) = conn.execute(
-                "INSERT INTO dead_letters (seq, rule, attempts, failed_at, failures)"
-                " VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (seq, retry.rule, retry.attempts, time.time(), failures),
+                "INSERT INTO dead_letters (seq, rule, attempts, failed_at, failures, actions)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (seq, retry.rule, retry.attempts, time.time(), failures, actions),
             ).fetchone()
             return int(id_)
 
@@ -730,8 +740,9 @@ class SqliteBus:
             rows = _chosen_letters(conn, ids)
             conn.executemany(
                 "INSERT OR REPLACE INTO retries (seq, rule, attempts, due_at, actions, failures)"
-                " VALUES (?, ?, 0, ?, '[]', '[]')",
-                [(seq, rule, now) for _, seq, rule, _ in rows],
+                " VALUES (?, ?, 0, ?, ?, '[]')",
+                # Only the actions that failed run again, as in a retry.
+                [(seq, rule, now, actions) for _, seq, rule, _, actions in rows],
             )
             conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
             return len(rows)
@@ -744,7 +755,7 @@ class SqliteBus:
         def work(conn: sqlite3.Connection) -> int:
             rows = _chosen_letters(conn, ids)
             conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(r[0],) for r in rows])
-            runs = [purge_run(now, seq, rule, attempts) for _, seq, rule, attempts in rows]
+            runs = [purge_run(now, seq, rule, attempts) for _, seq, rule, attempts, _ in rows]
             conn.executemany(_INSERT_TRACES, _trace_rows(runs))
             return len(rows)
 
