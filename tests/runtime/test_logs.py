@@ -154,6 +154,8 @@ def test_an_unknown_log_format_is_a_one_line_error(tmp_path: Path) -> None:
         assert result.returncode == 2
         (line,) = result.stderr.splitlines()
         assert line.startswith("error: Invalid value for '--log-format': 'xml' is not one of")
+
+
 def test_each_retry_is_logged_at_info(tmp_path: Path) -> None:
     """A webhook that answers 503 twice: two lines at INFO, each with the event, rule,
     action, the attempt to come and the error, then the delivery succeeds."""
@@ -173,5 +175,3 @@ def test_each_retry_is_logged_at_info(tmp_path: Path) -> None:
         assert f"attempt {attempt} of 4: " in line["message"]
         assert "503" in line["message"]
     assert not [line for line in lines if line["level"] in ("WARNING", "ERROR")], lines
-
-

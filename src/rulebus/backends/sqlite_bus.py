@@ -351,8 +351,7 @@ def _chosen_letters(
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
         rows += conn.execute(
-            f"SELECT {_LETTER} FROM dead_letters"
-            f" WHERE id IN ({', '.join('?' * len(chunk))})",
+            f"SELECT {_LETTER} FROM dead_letters WHERE id IN ({', '.join('?' * len(chunk))})",
             chunk,
         ).fetchall()
     found = {row[0] for row in rows}

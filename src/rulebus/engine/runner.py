@@ -507,6 +507,8 @@ async def run_many(
         return await action.run_many(deliveries, index, services)
     except Exception as exc:
         return [exc] * len(deliveries)
+
+
 def failure(action: Action, delivery: Delivery, error: Exception) -> Failure:
     """An action's error as retries and dead letters keep it; a crash is logged in full."""
     if isinstance(error, ActionError):
@@ -527,8 +529,6 @@ def failure(action: Action, delivery: Delivery, error: Exception) -> Failure:
         },
     )
     return Failure(action.kind, action.resource, f"{type(error).__name__}: {error}")
-
-
 
 
 def error_payload(rule: str, event: Event, retry: Retry) -> dict[str, Any]:
