@@ -9,6 +9,7 @@ import shutil
 import ssl
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from tests.runtime.helpers import (
     wait_until,
 )
 
+SVG = "{http://www.w3.org/2000/svg}"
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -296,7 +298,8 @@ class TestPages:
         """Scripts and styles come from the package: no URL with a host in any page or asset."""
         client = login(exchange.server)
         pages = ["/console", "/console/rules", "/console/sql", "/console/events", "/console/tables"]
-        pages += ["/console/dead-letters", "/console/tail", "/console/login"]
+        pages += ["/console/dead-letters", "/console/tail", "/console/architecture"]
+        pages += ["/console/login"]
         pages += ["/console/static/console.js", "/console/static/console.css"]
         for page in pages:
             answer = client.get(page)
@@ -430,6 +433,23 @@ class TestRules:
             ).status_code
             == 404
         )
+
+
+class TestArchitecture:
+    def test_the_app_is_drawn_inline_with_its_mermaid(self, exchange: Exchange) -> None:
+        """The page holds the SVG of ``rulebus graph`` in the HTML and its Mermaid, escaped."""
+        client = login(exchange.server)
+        page = client.get("/console/architecture")
+        assert page.status_code == 200
+        assert '<a href="/console/architecture">Architecture</a>' in page.text
+        drawing = re.search(r"<svg .*?</svg>", page.text, re.S)
+        assert drawing, "no SVG in the page"
+        labels = {t.text for t in ET.fromstring(drawing.group(0)).iter(f"{SVG}text")}
+        for name in ("POST /event", "event/${type}", "archive-fraud", "fraud-archive", "events"):
+            assert name in labels
+        mermaid = re.search(r"<details>.*?<pre>(.*?)</pre>", page.text, re.S)
+        assert mermaid and mermaid.group(1).startswith("flowchart LR\n")
+        assert "fraud-check&#34;]]" in mermaid.group(1) and "<br/>" not in mermaid.group(1)
 
 
 class TestTail:

@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from rulebus.api.auth import Authenticator
+from rulebus.console.architecture import architecture_page
 from rulebus.console.changes import Changes
 from rulebus.console.login import login_page, logout
 from rulebus.console.pages import Pages
@@ -43,6 +44,7 @@ def console_routes(runtime: Runtime, auth: Authenticator) -> list[BaseRoute]:
         ("/dead-letters/redrive", page(changes.redrive, changes=True), ["POST"]),
         ("/tail", page(pages.tail), ["GET"]),
         ("/tail/stream", page(tail_stream(console)), ["GET"]),
+        ("/architecture", page(architecture_page(console)), ["GET"]),
         ("/login", login_page(console), ["GET", "POST"]),
         ("/logout", page(logout(console), changes=True), ["POST"]),
     ]
