@@ -94,7 +94,7 @@ def svg_boxes(root: ET.Element) -> dict[str, ET.Element]:
 
 
 EXCHANGE_BOXES = {
-    "route POST /event",
+    "route POST /event, /events",
     "topic event/${type}",
     "topic filter event/+",
     "topic filter event/buy",
@@ -121,7 +121,7 @@ class TestExchange:
         assert set(boxes.values()) == EXCHANGE_BOXES
         assert list(boxes.values()).count("error action log") == 3
         assert {
-            ("route POST /event", "-->", "topic event/${type}"),
+            ("route POST /event, /events", "-->", "topic event/${type}"),
             # The route's template gives event/buy for some events only.
             ("topic event/${type}", "-.->", "topic filter event/+"),
             ("topic event/${type}", "-.->", "topic filter event/buy"),

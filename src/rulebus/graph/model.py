@@ -75,7 +75,8 @@ def app_graph(app: App) -> Graph:
         graph.node("filter", "topic filter", text, FILTER)
     published: list[tuple[str, str]] = []
     for route in app.routes:
-        source = graph.node("route", "route", f"POST {route.path}", ROUTE)
+        paths = f"{route.path}, {route.batch_path}" if route.batch_path else route.path
+        source = graph.node("route", "route", f"POST {paths}", ROUTE)
         topic = graph.node("topic", "topic", route.topic, TOPIC)
         graph.edge(source, topic)
         published.append((topic, route.topic))
