@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from html import escape
 
-from rulebus.graph.model import Edge, Graph, Node
+from rulebus.graph.model import TARGET, Edge, Graph, Node
 
 CHAR = 7.25  # px: the width of a character of a 12 px monospace font, rounded up
 PAD = 10
@@ -79,38 +79,53 @@ def to_svg(graph: Graph) -> str:
 
 
 def layout(graph: Graph) -> dict[str, Box]:
-    """Where each node's box goes, by node id."""
+    """Where each node's box goes, by node id.
+
+    Left to right, each box goes level with the boxes that lead to it, as high
+    as there is room; then right to left, each moves down to the middle of the
+    boxes it leads to, if that leaves room for the box under it.
+    """
     before: dict[str, list[str]] = defaultdict(list)
+    after: dict[str, list[str]] = defaultdict(list)
     for edge in graph.edges:
         before[edge.target].append(edge.source)
+        after[edge.source].append(edge.target)
     boxes: dict[str, Box] = {}
+    columns: list[list[str]] = []  # node ids, top to bottom
     x = MARGIN
     for column in sorted({n.column for n in graph.nodes}):
         nodes = [n for n in graph.nodes if n.column == column]
         width = max(_width(n) for n in nodes)
-
-        def wanted(node: Node, column: int = column) -> int | None:
-            """The middle of the boxes to the left that lead to this one."""
-            ys = [
-                boxes[s].middle for s in before[node.id] if boxes.get(s, _NOWHERE).column < column
-            ]
-            return sum(ys) // len(ys) if ys else None
-
+        wanted = {n.id: _middle(before[n.id], boxes, range(column)) for n in nodes}
         # Boxes fed from the left in the order of what feeds them, the others after.
         order = sorted(
-            range(len(nodes)), key=lambda i: (wanted(nodes[i]) is None, wanted(nodes[i]) or 0, i)
+            range(len(nodes)),
+            key=lambda i: (wanted[nodes[i].id] is None, wanted[nodes[i].id] or 0, i),
         )
+        columns.append([nodes[i].id for i in order])
         y = MARGIN
-        for i in order:
-            middle = wanted(nodes[i])
+        for node_id in columns[-1]:
+            middle = wanted[node_id]
             top = y if middle is None else max(y, middle - HEIGHT // 2)
-            boxes[nodes[i].id] = Box(x, top, width, column)
+            boxes[node_id] = Box(x, top, width, column)
             y = top + HEIGHT + ROW_GAP
         x += width + COLUMN_GAP
+    for ids in reversed(columns[:-1]):
+        below = 1 << 30
+        for node_id in reversed(ids):
+            box = boxes[node_id]
+            middle = _middle(after[node_id], boxes, range(box.column + 1, TARGET + 1))
+            if middle is not None:
+                top = max(box.y, min(middle - HEIGHT // 2, below - ROW_GAP - HEIGHT))
+                box = boxes[node_id] = Box(box.x, top, box.width, box.column)
+            below = box.y
     return boxes
 
 
-_NOWHERE = Box(0, 0, 0, 1 << 30)
+def _middle(ids: list[str], boxes: dict[str, Box], columns: range) -> int | None:
+    """The middle of the placed boxes among ``ids`` that are in ``columns``."""
+    ys = [boxes[i].middle for i in ids if i in boxes and boxes[i].column in columns]
+    return sum(ys) // len(ys) if ys else None
 
 
 def _goes_back(edge: Edge, boxes: dict[str, Box]) -> bool:
