@@ -345,8 +345,50 @@ class TestSqlTester:
     def test_a_post_without_the_csrf_token_is_refused(self, exchange: Exchange) -> None:
         client = login(exchange.server)
         form = {"sql": "SELECT * FROM '#'", "topic": "a", "payload": "{}"}
-        assert client.post("/console/sql", data=form).status_code == 403
-        assert client.post("/console/sql", data={**form, "csrf": "guess"}).status_code == 403
+        for path in ("/console/sql", "/console/sql/send"):
+            assert client.post(path, data=form).status_code == 403
+            assert client.post(path, data={**form, "csrf": "guess"}).status_code == 403
+
+    def test_send_publishes_the_payload_to_the_topic(self, exchange: Exchange) -> None:
+        """Send stores the event before answering, as the console's key, and links its trace."""
+        server = exchange.server
+        client = login(server)
+        form = {
+            "csrf": csrf(client, "/console/sql"),
+            "sql": "SELECT price FROM 'event/+'",
+            "topic": "event/sell",
+            "payload": '{"type": "sell", "price": 61, "note": "from the tester"}',
+        }
+        answer = client.post("/console/sql/send", data=form)
+        assert answer.status_code == 303
+        sent = re.fullmatch(r"/console/sql\?sent=([^&]+)&.*", answer.headers["location"])
+        assert sent, answer.headers["location"]
+        event_id = sent.group(1)
+        # Stored before the answer: the trace has it at once.
+        stored = server.get(f"/admin/events/{event_id}/trace").json()["event"]
+        assert stored["topic"] == "event/sell" and stored["payload"]["note"] == "from the tester"
+        assert stored["client_id"] == "console" and stored["principal"].startswith("tests-")
+        page = client.get(answer.headers["location"]).text
+        assert f'Sent as event <a href="/console/events/{event_id}">{event_id}</a>' in page
+        assert "SELECT price FROM &#39;event/+&#39;</textarea>" in page
+        assert re.search(r'<pre id="output">\{\s*&#34;price&#34;: 61\s*\}</pre>', page)
+
+    def test_send_refuses_what_post_topics_refuses(self, exchange: Exchange) -> None:
+        """An invalid topic or a payload that is not a JSON object is the page's error."""
+        client = login(exchange.server)
+        form = {"csrf": csrf(client, "/console/sql"), "sql": "", "topic": "event/sell"}
+        for topic, payload, reason in [
+            ("event/+", "{}", "wildcard"),
+            ("event/sell", "[1, 2]", "expected a JSON object, got an array"),
+            ("event/sell", "{", "invalid JSON"),
+        ]:
+            answer = client.post(
+                "/console/sql/send", data={**form, "topic": topic, "payload": payload}
+            )
+            assert answer.status_code == 400, answer.text
+            error = re.search(r'<p class="error">([^<]*)</p>', answer.text)
+            assert error and reason in error.group(1), (topic, payload, answer.text)
+            assert f'value="{topic}"' in answer.text  # the form is kept
 
 
 class TestDeadLetters:

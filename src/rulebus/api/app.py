@@ -26,21 +26,20 @@ from starlette.routing import Route
 
 from rulebus import codec, metrics
 from rulebus.api import access
-from rulebus.api.auth import Authenticator, require, require_topic
+from rulebus.api.auth import Authenticator, require
 from rulebus.api.ingest import (
     MAX_BATCH_BODY,
     MAX_BODY,
     decode,
     decode_batch,
     now_ms,
+    publish_to_topic,
     route_event,
-    topic_event,
 )
 from rulebus.api.openapi import openapi_endpoint
 from rulebus.console import console_routes
 from rulebus.errors import BadInput, NotFound, RateLimited, RulebusError, Unavailable
 from rulebus.keys import ApiKey
-from rulebus.sql import validate_topic
 from rulebus.template.model import RouteSpec
 from rulebus.trace import trace
 
@@ -196,16 +195,14 @@ def build_api(runtime: Runtime, auth: Authenticator) -> Starlette:
     async def publish(request: Request) -> Response:
         incoming = Incoming(request)
         key = await caller(incoming, "/topics", "publish to topics")
-        try:
-            topic = validate_topic(_path_topic(request))
-            require_topic(key, topic)
-            body = decode(await read_body(request, incoming, MAX_BODY))
-            event = topic_event(topic, body, incoming.client_id, now_ms(), key.name)
-            (appended,) = await bus.append([event])
-        except RulebusError as exc:
-            published.refused(exc)
-            raise
-        published.add("duplicate" if appended.duplicate else "accepted")
+        event = await publish_to_topic(
+            bus,
+            key,
+            _path_topic(request),
+            lambda: read_body(request, incoming, MAX_BODY),
+            incoming.client_id,
+            published,
+        )
         return JSON({"id": event.id, "topic": event.topic}, status_code=202)
 
     async def healthz(request: Request) -> Response:

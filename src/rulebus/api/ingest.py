@@ -9,11 +9,16 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from rulebus import codec
-from rulebus.errors import BadInput
+from rulebus.api.auth import require_topic
+from rulebus.backends.base import EventLog
+from rulebus.errors import BadInput, RulebusError
 from rulebus.events import Event, new_id
+from rulebus.keys import ApiKey
+from rulebus.metrics import IngestMetrics
 from rulebus.sql import EvalContext, validate_topic
 from rulebus.template.model import RouteSpec
 
@@ -142,6 +147,30 @@ def topic_event(
     if not isinstance(body, dict):
         raise BadInput(f"expected a JSON object, got {_json_kind(body)}")
     return Event(new_id(), topic, ts, body, client_id, principal, raw=encode(body), fresh_id=True)
+
+
+async def publish_to_topic(
+    log: EventLog,
+    key: ApiKey,
+    topic: str,
+    read_body: Callable[[], Awaitable[bytes]],
+    client_id: str,
+    counts: IngestMetrics,
+) -> Event:
+    """What ``POST /topics/{topic}`` does once it knows the caller's key (the console's
+    Send does it too): the topic is checked against the key before the body is read,
+    and the event is durably appended before this returns."""
+    try:
+        validate_topic(topic)
+        require_topic(key, topic)
+        body = decode(await read_body())
+        event = topic_event(topic, body, client_id, now_ms(), key.name)
+        (appended,) = await log.append([event])
+    except RulebusError as exc:
+        counts.refused(exc)
+        raise
+    counts.add("duplicate" if appended.duplicate else "accepted")
+    return event
 
 
 def encode(payload: Any) -> bytes:

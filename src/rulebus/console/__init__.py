@@ -34,6 +34,7 @@ def console_routes(runtime: Runtime, auth: Authenticator) -> list[BaseRoute]:
         ("/rules", page(pages.rules), ["GET"]),
         ("/rules/{name}/enabled", page(changes.set_enabled, changes=True), ["POST"]),
         ("/sql", page(pages.sql), ["GET", "POST"]),
+        ("/sql/send", page(changes.send, changes=True), ["POST"]),
         ("/events", page(pages.events), ["GET"]),
         ("/events/{id}", page(pages.event), ["GET"]),
         ("/tables", page(pages.tables), ["GET"]),

@@ -1,4 +1,5 @@
-"""The console's forms that change something: enable or disable a rule, redrive dead letters.
+"""The console's forms that change something: enable or disable a rule, redrive dead letters,
+send an event from the SQL tester.
 
 Each runs behind the session's CSRF token (``Console.page(changes=True)``)
 and answers with a redirect to the page it came from (post, redirect, get),
@@ -9,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from rulebus.api.ingest import publish_to_topic
+from rulebus.console.pages import Outcome, render_sql, sql_form
 from rulebus.console.session import Session
 from rulebus.console.web import PREFIX, Console, read_form
 from rulebus.errors import BadInput
+from rulebus.metrics import IngestMetrics
 from rulebus.reload import request_reload, set_rule_enabled
 
 REDRIVE_CHUNK = 100  # as `rulebus dlq redrive --all`
+CLIENT_ID = "console"  # the client id of the events the SQL tester sends
 
 
 def _back(page: str, message: str) -> Response:
@@ -29,6 +34,7 @@ def _back(page: str, message: str) -> Response:
 class Changes:
     def __init__(self, console: Console) -> None:
         self.c = console
+        self.sent = IngestMetrics(f"{PREFIX}/sql")
 
     async def set_enabled(self, request: Request, session: Session) -> Response:
         app = self.c.runtime.app
@@ -63,3 +69,22 @@ class Changes:
         for start in range(0, len(ids), REDRIVE_CHUNK):
             count += await bus.redrive(ids[start : start + REDRIVE_CHUNK])
         return _back("dead-letters", f"redriven: {count}")
+
+    async def send(self, request: Request, session: Session) -> Response:
+        """The SQL tester's Send: its payload published to its topic, as ``POST /topics``
+        does it, by the session's key; then the tester again, showing the event sent."""
+        form = sql_form(await read_form(request))
+
+        async def payload() -> bytes:
+            return form["payload"].encode()
+
+        try:
+            event = await publish_to_topic(
+                self.c.runtime.bus, session.found, form["topic"], payload, CLIENT_ID, self.sent
+            )
+        except BadInput as exc:
+            return render_sql(self.c, session, form, Outcome("error", str(exc)), status=exc.status)
+        query = urlencode(
+            {"sent": event.id, "sql": form["sql"], "sql_version": form["sql_version"]}
+        )
+        return RedirectResponse(f"{PREFIX}/sql?{query}", status_code=303)

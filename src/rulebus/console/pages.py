@@ -4,6 +4,7 @@ buckets, dead letters, tail."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,24 +96,24 @@ class Pages:
         return counts
 
     async def sql(self, request: Request, session: Session) -> Response:
-        form: dict[str, Any] = {"sql": "", "topic": "", "payload": "", "sql_version": ""}
-        result = None
         if request.method == "POST":
-            got = await read_form(request)
-            form.update({k: str(got.get(k) or "") for k in form})
-            result = _evaluate(form)
-        else:
-            await self._prefill(request, form)
-        return self.c.render("sql.html", session, form=form, result=result)
+            form = sql_form(await read_form(request))
+            return render_sql(self.c, session, form, _evaluate(form))
+        form = sql_form(request.query_params)
+        await self._prefill(request, form)
+        # After a Send (changes.py), the event sent is shown as the rule sees it.
+        sent = request.query_params.get("sent", "")
+        result = _evaluate(form) if sent and form["sql"] else None
+        return render_sql(self.c, session, form, result, sent=sent)
 
-    async def _prefill(self, request: Request, form: dict[str, Any]) -> None:
+    async def _prefill(self, request: Request, form: dict[str, str]) -> None:
         rule = request.query_params.get("rule")
         if rule:
             spec = self.c.runtime.app.rules.get(rule)
             if spec is None:
                 raise BadInput(f"no rule named {rule!r}", status=404)
             form["sql"], form["sql_version"] = spec.sql, spec.sql_version
-        event_id = request.query_params.get("event")
+        event_id = request.query_params.get("event") or request.query_params.get("sent")
         if event_id:
             found = (await self.c.runtime.bus.traced([event_id])).get(event_id)
             if found is None:
@@ -280,7 +281,27 @@ class Outcome:
     text: str
 
 
-def _evaluate(form: dict[str, Any]) -> Outcome:
+SQL_FIELDS = ("sql", "topic", "payload", "sql_version")
+
+
+def sql_form(given: Mapping[str, str]) -> dict[str, str]:
+    """The SQL tester's fields, from a posted form or a link's query (missing ones empty)."""
+    return {name: str(given.get(name) or "") for name in SQL_FIELDS}
+
+
+def render_sql(
+    console: Console,
+    session: Session,
+    form: dict[str, str],
+    result: Outcome | None,
+    *,
+    sent: str = "",
+    status: int = 200,
+) -> Response:
+    return console.render("sql.html", session, status=status, form=form, result=result, sent=sent)
+
+
+def _evaluate(form: dict[str, str]) -> Outcome:
     """What ``rulebus sql eval`` says for the form's rule, topic and payload."""
     try:
         rule = compile_rule(form["sql"], form["sql_version"] or None)

@@ -33,6 +33,7 @@ class Session:
     key: str  # the API key given at login
     csrf: str  # sent back with every form that changes something
     expires: float
+    found: ApiKey  # what the key is (name, scopes, topics) as last checked
 
 
 class Sessions:
@@ -48,7 +49,9 @@ class Sessions:
         while len(self._open) >= MAX_SESSIONS:
             del self._open[next(iter(self._open))]
         sid = secrets.token_urlsafe(24)
-        self._open[sid] = Session(key.strip(), secrets.token_urlsafe(24), time.time() + LIFETIME)
+        self._open[sid] = Session(
+            key.strip(), secrets.token_urlsafe(24), time.time() + LIFETIME, found
+        )
         return f"{sid}.{self._sign(sid)}", found
 
     async def check(self, cookie: str | None) -> Session | None:
@@ -70,6 +73,7 @@ class Sessions:
             # rate limit, a key keeps its session: the 429 goes through.)
             del self._open[sid]
             return None
+        session.found = found
         return session
 
     def logout(self, cookie: str | None) -> None:
