@@ -7,10 +7,11 @@ import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from rulebus.backends.base import Appended, ObjectStore, TableStore
+from rulebus.egress import Egress
 from rulebus.errors import ActionError, SqlError
 from rulebus.events import MAX_HOPS, Event, name_id
 from rulebus.sql import EvalContext, Template, compile_template
@@ -31,6 +32,14 @@ class Declared:
     buckets: frozenset[str]
     notifications: frozenset[str]
     functions: frozenset[str]
+    # Where actions that send over HTTP may connect (the app's ``egress``).
+    egress: Egress = field(default_factory=Egress)
+    # Valid but probably not what was meant: the app's warnings, which actions add to.
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, opts: Options, key: str, message: str) -> None:
+        """Warn about ``key`` of ``opts`` as ``file:line: message``, as rulebus check shows."""
+        self.warnings.append(f"{opts.source.file}:{opts.source.line((*opts.path, key))}: {message}")
 
 
 @dataclass(slots=True)

@@ -73,6 +73,8 @@ def load_app(path: Path | str) -> App:
         buckets=frozenset(app.buckets),
         notifications=frozenset(app.notifications),
         functions=frozenset(app.functions),
+        egress=app.egress,
+        warnings=app.warnings,
     )
     app.rules = _rules(top.section("rules"), declared, app.retry)
     if not app.rules:
