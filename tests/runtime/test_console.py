@@ -2,50 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import shutil
 import ssl
 import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.runtime.conftest import SHARED, backend_variables
-from tests.runtime.helpers import (
-    EXCHANGE,
-    Receiver,
-    Server,
-    make_certificate,
-    make_key,
-    wait_until,
+from tests.runtime.console_exchange import (
+    Exchange,
+    a_flagged_id,
+    letter_of,
+    post_event,
+    running_exchange,
 )
+from tests.runtime.helpers import EXCHANGE, Server, make_certificate, make_key, wait_until
 
 SVG = "{http://www.w3.org/2000/svg}"
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-def flagged(event_id: str) -> bool:
-    """What the exchange's fraud check decides (examples/exchange/fraud.py)."""
-    return int(hashlib.sha256(event_id.encode()).hexdigest()[:8], 16) % 2 == 1
-
-
-def a_flagged_id(prefix: str) -> str:
-    return next(f"{prefix}-{n}" for n in range(100) if flagged(f"{prefix}-{n}"))
-
-
-@dataclass
-class Exchange:
-    server: Server
-    receiver: Receiver  # the fraud webhook: answers 400 until told otherwise
-    app: Path  # a copy of the example: the console edits it
 
 
 @pytest.fixture(scope="module", params=["embedded", "distributed"])
@@ -53,25 +31,8 @@ def exchange(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Exchange]:
     """The exchange on each set of backends, shared by the tests of this module."""
-    root = tmp_path_factory.mktemp("console")
-    app = root / "exchange"
-    shutil.copytree(EXCHANGE, app, ignore=shutil.ignore_patterns("__pycache__"))
-    receiver = Receiver(status=400)
-    with backend_variables(request.param, request) as variables:
-        env = {
-            **variables,
-            "RULEBUS_FRAUD_WEBHOOK_URL": receiver.url,
-            "RULEBUS_FRAUD_WEBHOOK_SECRET": SECRET,
-        }
-        server = Server(app, root / "data", env).start()
-        Server.running.remove(server)  # shared by the tests of this module
-        SHARED.append(server)
-        try:
-            yield Exchange(server, receiver, app)
-        finally:
-            server.stop()
-            SHARED.remove(server)
-            receiver.close()
+    with running_exchange(request.param, request, tmp_path_factory.mktemp("console")) as found:
+        yield found
 
 
 def login(server: Server, key: str | None = None) -> httpx.Client:
@@ -85,17 +46,6 @@ def csrf(client: httpx.Client, page: str = "/console") -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', client.get(page).text)
     assert found, "the page has no CSRF token"
     return found.group(1)
-
-
-def post_event(server: Server, body: dict[str, object]) -> str:
-    answer = server.post("/event", body, key="")
-    assert answer.status_code == 202, answer.text
-    return str(answer.json()["id"])
-
-
-def letter_of(server: Server, order: str) -> dict[str, Any] | None:
-    """The dead letter of the fraud alert about the exchange order ``order``, if there is one."""
-    return next((d for d in server.dead_letters() if d["payload"].get("id") == order), None)
 
 
 class TestLogin:
