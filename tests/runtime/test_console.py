@@ -449,6 +449,8 @@ class TestTail:
         client = login(server)
         seen: list[dict[str, object]] = []
         opened = threading.Event()
+        # Posted just before: not new to the tail, though its clock window covers it.
+        post_event(server, {"type": "sell", "price": 76, "id": "console-tail-before"})
 
         def read() -> None:
             with client.stream("GET", "/console/tail/stream", params={"topic": "event/sell"}) as s:

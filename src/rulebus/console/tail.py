@@ -2,7 +2,7 @@
 
 The stream polls the bus's head every ``POLL`` seconds and, when it moved,
 reads the events appended since the last read by time (the bus's
-``history``), skipping those it sent already. It holds one read's events at
+``history``), skipping those it sent already and those there when it opened. It holds one read's events at
 a time and stops when the client goes away.
 """
 
@@ -44,10 +44,12 @@ def tail_stream(console: Console) -> Page:
 
 
 async def _events(bus: Bus, wanted: TopicFilter, request: Request) -> AsyncIterator[str]:
-    yield ": tailing " + wanted.text.replace("\n", " ") + "\n\n"
     head = (await bus.stats()).head
     since_ms = int(time.time() * 1000) - OVERLAP_MS
-    sent: dict[str, int] = {}  # ids sent, with their times: pruned as the window moves
+    # Ids sent (or there before the tail opened), with their times: pruned as the
+    # window moves. What the overlap rereads from before the opening is not new.
+    sent: dict[str, int] = {event.id: event.ts async for event in bus.history(since_ms, None)}
+    yield ": tailing " + wanted.text.replace("\n", " ") + "\n\n"
     pinged = time.monotonic()
     while not await request.is_disconnected():
         await asyncio.sleep(POLL)
