@@ -11,6 +11,11 @@ redirects, no cookies, no proxies, no compression.
 Each new connection resolves the host, checks every address against the
 egress policy (``rulebus.egress``) and connects to the checked address, with
 the URL's host name kept for TLS (SNI and certificate checks).
+
+Requests to one host and port are counted across every client of the process
+(webhooks of all notification topics, every ``http`` action): each request
+names the most that may be in flight there, so a sender's limit protects the
+target from the whole process, not only from that sender.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import functools
 import re
 import socket
 import ssl
+import time
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass
@@ -29,7 +35,7 @@ from typing import Any
 import httptools
 
 from rulebus.egress import Egress, EgressRefused
-from rulebus.errors import BadInput
+from rulebus.errors import ActionError, BadInput
 
 MAX_HEADER_BYTES = 64 * 1024
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -258,6 +264,65 @@ class _Pool:
                 return
 
 
+class _Target:
+    """The requests in flight to one host and port, from every client of the process."""
+
+    __slots__ = ("busy", "waiters")
+
+    def __init__(self) -> None:
+        self.busy = 0
+        self.waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def wake(self) -> None:
+        # The first waiter whose own limit lets it in: one with a lower limit
+        # than the rest waits longer, without holding up those behind it.
+        for entry in self.waiters:
+            limit, waiter = entry
+            if self.busy < limit and not waiter.done():
+                self.waiters.remove(entry)
+                waiter.set_result(None)
+                return
+
+
+_TARGETS: dict[tuple[str, int], _Target] = {}
+
+
+async def _enter(key: tuple[str, int], limit: int) -> _Target:
+    """Wait until fewer than ``limit`` requests are in flight to the target, then count one."""
+    target = _TARGETS.get(key)
+    if target is None:
+        target = _TARGETS[key] = _Target()
+    while target.busy >= limit:
+        entry = (limit, asyncio.get_running_loop().create_future())
+        target.waiters.append(entry)
+        try:
+            await entry[1]
+        except BaseException:
+            if entry in target.waiters:
+                target.waiters.remove(entry)
+            else:
+                target.wake()  # woken, then cancelled: pass the turn on
+            raise
+    target.busy += 1
+    return target
+
+
+def _leave(key: tuple[str, int], target: _Target) -> None:
+    target.busy -= 1
+    if target.busy == 0 and not target.waiters:
+        # Templated URLs may name many hosts: forget the idle ones.
+        if _TARGETS.get(key) is target:
+            del _TARGETS[key]
+    else:
+        target.wake()
+
+
+def in_flight(host: str, port: int) -> int:
+    """Requests in flight to ``host:port`` from this process (for tests and stats)."""
+    target = _TARGETS.get((host, port))
+    return 0 if target is None else target.busy
+
+
 class HttpClient:
     """POSTs with at most ``limit`` connections per origin, kept alive between requests.
 
@@ -278,15 +343,30 @@ class HttpClient:
         self._pools.clear()
 
     async def post(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        concurrency: int = 64,
     ) -> Response:
         """Send the POST and return the answer's status (and redirect and retry hints).
 
+        It waits first until fewer than ``concurrency`` requests of the process
+        are in flight to the URL's host and port; ``timeout`` runs from then.
         Raises HttpError when no answer came, EgressRefused when the host is
         not allowed, and BadHeader for a header that would split the request.
         """
         origin, target = Origin.parse(url)
         request = request_head(origin, target, len(body), headers) + body
+        key = (origin.host, origin.port)
+        gate = await _enter(key, concurrency)
+        try:
+            return await self._send(origin, request, timeout)
+        finally:
+            _leave(key, gate)
+
+    async def _send(self, origin: Origin, request: bytes, timeout: float) -> Response:
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = _Pool(self._limit)
@@ -407,7 +487,7 @@ def request_head(origin: Origin, target: str, length: int, headers: dict[str, st
         and fields.replace("\r\n", "").isprintable()
         and _TOKENS.issuperset(headers)
     ):
-        _check_headers(headers)
+        check_headers(headers)
     return (
         f"POST {target} HTTP/1.1\r\nhost: {_host_header(origin)}\r\n"
         f"content-length: {length}\r\n{fields}\r\n"
@@ -417,7 +497,9 @@ def request_head(origin: Origin, target: str, length: int, headers: dict[str, st
 _TOKENS: set[str] = set()  # header names seen to be tokens (a handful)
 
 
-def _check_headers(headers: dict[str, str]) -> None:
+def check_headers(headers: dict[str, str]) -> None:
+    """Raise BadHeader for a name that is not an HTTP token or a value that is not
+    printable ASCII."""
     for name, value in headers.items():
         if name not in _TOKENS:
             if _TOKEN.fullmatch(name) is None:
@@ -426,3 +508,39 @@ def _check_headers(headers: dict[str, str]) -> None:
                 _TOKENS.add(name)
         if not (value.isascii() and value.isprintable()):
             raise BadHeader(name, f"control or non-ASCII characters in {value[:80]!r}")
+
+
+async def deliver(
+    client: HttpClient,
+    what: str,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    concurrency: int,
+) -> None:
+    """POST a message for an action or a webhook; raises ActionError saying whether a
+    retry may help. ``what`` names the sender in the error (``webhook https://…``)."""
+    try:
+        answer = await client.post(url, body, headers, timeout, concurrency)
+    except BadInput as exc:
+        # Refused by the egress policy, or a header that cannot be sent:
+        # the same request would be refused again.
+        raise ActionError(f"{what}: {exc}", retryable=False) from None
+    except (HttpError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
+        raise ActionError(f"{what}: {type(exc).__name__}: {exc}") from None
+    status = answer.status
+    if 300 <= status < 400:
+        where = f" to {answer.location}" if answer.location else ""
+        raise ActionError(
+            f"{what} answered {status}, redirecting{where}: redirects are not"
+            " followed; give the final URL",
+            retryable=False,
+        )
+    if status >= 400:
+        # 4xx means the request itself is wrong and will stay wrong, except
+        # for the statuses that ask the sender to come back later.
+        retryable = status >= 500 or status in (408, 409, 425, 429)
+        wait = retry_delay(answer.retry_after, time.time()) if status in (429, 503) else None
+        after = f" (Retry-After: {answer.retry_after})" if wait is not None else ""
+        raise ActionError(f"{what} answered {status}{after}", retryable=retryable, retry_after=wait)

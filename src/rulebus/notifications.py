@@ -25,9 +25,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rulebus import codec
+from rulebus.actions.http import render_headers
 from rulebus.egress import Egress
-from rulebus.errors import ActionError, BadInput
-from rulebus.http_client import HttpClient, HttpError, retry_delay
+from rulebus.errors import ActionError
+from rulebus.http_client import HttpClient, deliver
 
 if TYPE_CHECKING:
     from rulebus.actions.base import Delivery
@@ -115,33 +116,10 @@ class Notifier:
         }
         if sub.secrets:
             headers["webhook-signature"] = sign(sub.secrets, message_id, now, body)
-        try:
-            answer = await self._http.post(sub.url, body, headers, sub.timeout)
-        except BadInput as exc:
-            # Refused by the egress policy, or a header that cannot be sent:
-            # the same request would be refused again.
-            raise ActionError(f"webhook {sub.url}: {exc}", retryable=False) from None
-        except (HttpError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
-            raise ActionError(f"webhook {sub.url}: {type(exc).__name__}: {exc}") from None
-        status = answer.status
-        if 300 <= status < 400:
-            where = f" to {answer.location}" if answer.location else ""
-            raise ActionError(
-                f"webhook {sub.url} answered {status}, redirecting{where}: redirects are not"
-                " followed; give the subscriber the final URL",
-                retryable=False,
-            )
-        if status >= 400:
-            # 4xx means the request itself is wrong and will stay wrong, except
-            # for the statuses that ask the sender to come back later.
-            retryable = status >= 500 or status in (408, 409, 425, 429)
-            wait = retry_delay(answer.retry_after, time.time()) if status in (429, 503) else None
-            after = f" (Retry-After: {answer.retry_after})" if wait is not None else ""
-            raise ActionError(
-                f"webhook {sub.url} answered {status}{after}",
-                retryable=retryable,
-                retry_after=wait,
-            )
+        headers.update(render_headers(sub.headers, delivery))
+        await deliver(
+            self._http, f"webhook {sub.url}", sub.url, body, headers, sub.timeout, sub.concurrency
+        )
 
 
 def _combined(errors: list[BaseException]) -> ActionError:

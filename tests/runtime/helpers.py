@@ -258,6 +258,7 @@ class Server:
 class Received:
     headers: dict[str, str]
     body: bytes
+    path: str = "/hook"
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -268,7 +269,9 @@ class Receiver:
     """A real HTTP server that records webhook deliveries.
 
     ``fail_first`` answers 503 that many times before succeeding;
-    ``status`` answers that status forever when set.
+    ``status`` answers that status forever when set; ``delay`` holds every
+    answer back that many seconds, and ``most_at_once`` is the most requests
+    it held at the same time.
     """
 
     fail_first: int = 0
@@ -279,6 +282,9 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     attempts: int = 0
     times: list[float] = field(default_factory=list)  # time.monotonic() of each attempt
+    delay: float = 0.0
+    at_once: int = 0
+    most_at_once: int = 0
 
     def __post_init__(self) -> None:
         receiver = self
@@ -287,6 +293,13 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 extra: dict[str, str] = {}
+                if receiver.delay:
+                    with lock:
+                        receiver.at_once += 1
+                        receiver.most_at_once = max(receiver.most_at_once, receiver.at_once)
+                    time.sleep(receiver.delay)
+                    with lock:
+                        receiver.at_once -= 1
                 with lock:
                     receiver.attempts += 1
                     receiver.times.append(time.monotonic())
@@ -298,7 +311,8 @@ class Receiver:
                         receiver.fail_first -= 1
                         code = 503
                     else:
-                        receiver.received.append(Received(dict(self.headers.items()), body))
+                        headers = dict(self.headers.items())
+                        receiver.received.append(Received(headers, body, self.path))
                         code = 204
                 self.send_response(code)
                 for name, value in extra.items():

@@ -1,3 +1,3 @@
 """Actions: what a rule does with its output. One module per kind, registered by name."""
 
-from rulebus.actions import function, log, notify, object, republish, table  # noqa: F401  (registration)
+from rulebus.actions import function, http, log, notify, object, republish, table  # noqa: F401  (registration)

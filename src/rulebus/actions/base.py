@@ -39,7 +39,12 @@ class Declared:
 
     def warn(self, opts: Options, key: str, message: str) -> None:
         """Warn about ``key`` of ``opts`` as ``file:line: message``, as rulebus check shows."""
-        self.warnings.append(f"{opts.source.file}:{opts.source.line((*opts.path, key))}: {message}")
+        self.warnings.append(warning(opts, key, message))
+
+
+def warning(opts: Options, key: str, message: str) -> str:
+    """A load-time warning about ``key`` of ``opts``: ``file:line: message``."""
+    return f"{opts.source.file}:{opts.source.line((*opts.path, key))}: {message}"
 
 
 @dataclass(slots=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import urllib.parse
 from pathlib import Path
 
 from rulebus.actions import registry
 from rulebus.actions.base import Action, Declared, template_option
+from rulebus.actions.http import check_url, read_concurrency, read_headers
 from rulebus.backends.base import validate_bucket
 from rulebus.config.options import Options, check_topic_template, placeholders
 from rulebus.config.source import Source, dotted, read_source
@@ -202,27 +202,19 @@ def _notifications(
             url = _from_env(sub, "url")
             secrets = _secrets(sub)
             timeout = sub.duration("timeout", 10.0)
+            headers = read_headers(sub, warnings)
+            concurrency = read_concurrency(sub)
             sub.done()
             if url is None:
                 continue  # url_env names a variable that is not set: subscriber disabled
-            parsed = urllib.parse.urlsplit(url)
-            if (
-                parsed.scheme not in ("http", "https")
-                or not parsed.hostname
-                or any(c.isspace() for c in url)
-            ):
-                sub.fail("url", f"expected an http:// or https:// URL with a host, got {url!r}")
             key = "url" if sub.has("url") else "url_env"
-            refused = egress.literal_refusal(parsed.hostname)
-            if refused is not None:
-                where = f"{sub.source.file}:{sub.source.line((*sub.path, key))}"
-                warnings.append(f"{where}: webhooks to {url} will be refused: {refused}")
+            check_url(sub, key, url, url, egress, warnings)
             if not secrets and sub.has("secret_env"):
                 where = f"{sub.source.file}:{sub.source.line((*sub.path, 'secret_env'))}"
                 warnings.append(
                     f"{where}: {sub.value['secret_env']} is not set: webhooks to {url} go unsigned"
                 )
-            subs.append(SubscriberSpec("webhook", url=url, secrets=secrets, timeout=timeout))
+            subs.append(SubscriberSpec("webhook", url, secrets, timeout, headers, concurrency))
         spec.done()
         out[name] = NotificationSpec(name, tuple(subs))
     return out

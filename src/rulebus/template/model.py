@@ -28,6 +28,10 @@ class SubscriberSpec:
     # Each signs every message; several at once while receivers move to a new one.
     secrets: tuple[str, ...] = ()
     timeout: float = 10.0
+    # Extra headers (a value is a ``${}`` template or a constant) and the most
+    # requests in flight to the URL's host and port (``actions/http.py``).
+    headers: dict[str, Template | str] = field(default_factory=dict)
+    concurrency: int = 64
 
 
 @dataclass(frozen=True)
