@@ -48,6 +48,9 @@ class Options:
     def missing(self, key: str, expected: str) -> NoReturn:
         """Report a missing key, or the misspelt key the user meant to write."""
         for other in self.value:
+            # A key already read is not a misspelling (hash_key_field is not hash_key_value).
+            if other in self._seen:
+                continue
             if other != key and difflib.get_close_matches(other, [key], n=1):
                 self.fail(other, f"unknown key; did you mean {key!r}?")
         self.fail(key, f"required: {expected}")
