@@ -1,4 +1,4 @@
-"""Notification topics: fan a message out to webhooks and the log.
+"""Notification topics: fan a message out to webhooks, email (``rulebus.mail``) and the log.
 
 Webhooks follow Standard Webhooks: ``webhook-id`` (stable across retries, for
 receivers to dedupe), ``webhook-timestamp`` and, when the subscriber has
@@ -29,6 +29,7 @@ from rulebus.actions.http import render_headers
 from rulebus.egress import Egress
 from rulebus.errors import ActionError
 from rulebus.http_client import HttpClient, deliver
+from rulebus.mail import send_many
 
 if TYPE_CHECKING:
     from rulebus.actions.base import Delivery
@@ -76,14 +77,16 @@ class Notifier:
     ) -> list[Exception | None]:
         """Send each delivery's output to every subscriber; returns each delivery's error.
 
-        A delivery fails if any of its webhooks fails; its retry sends to all
-        of them again, and receivers drop repeats by ``webhook-id``.
+        A delivery fails if any of its webhooks or mails fails; its retry sends
+        to all of them again, and receivers drop repeats by ``webhook-id`` or
+        ``Message-ID``.
         """
         subscribers = self._topics[topic].subscribers
         logs = any(sub.kind == "log" for sub in subscribers)
         hooks = [sub for sub in subscribers if sub.kind == "webhook"]
         posts = []
         owners = []
+        mails = [sub.email for sub in subscribers if sub.email is not None]
         for i, (delivery, message_id) in enumerate(zip(deliveries, message_ids, strict=True)):
             body = codec.dumps(delivery.output)
             if logs:
@@ -92,12 +95,20 @@ class Notifier:
                 posts.append(self._post(sub, topic, delivery, message_id, body))
                 owners.append(i)
         errors: list[list[BaseException]] = [[] for _ in deliveries]
-        if posts:
-            for i, result in zip(
-                owners, await asyncio.gather(*posts, return_exceptions=True), strict=True
-            ):
-                if isinstance(result, BaseException):
-                    errors[i].append(result)
+        # Each email subscriber sends the whole batch in one SMTP session.
+        sessions = [send_many(mail, topic, deliveries, message_ids) for mail in mails]
+        if not posts and not sessions:
+            return [None] * len(deliveries)
+        posted, mailed = await asyncio.gather(
+            asyncio.gather(*posts, return_exceptions=True), asyncio.gather(*sessions)
+        )
+        for i, result in zip(owners, posted, strict=True):
+            if isinstance(result, BaseException):
+                errors[i].append(result)
+        for session in mailed:
+            for i, error in enumerate(session):
+                if error is not None:
+                    errors[i].append(error)
         return [_combined(errs) if errs else None for errs in errors]
 
     async def _post(

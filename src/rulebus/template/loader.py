@@ -16,6 +16,7 @@ from rulebus.config.source import Source, dotted, read_source
 from rulebus.egress import Egress
 from rulebus.errors import BadInput, RulebusError, SqlError, TemplateError
 from rulebus.functions import load_handler
+from rulebus.mail import read_email
 from rulebus.sql import DEFAULT_SQL_VERSION, SQL_VERSIONS, compile_rule, compile_template
 from rulebus.sql.topics import filters_overlap
 from rulebus.template.model import (
@@ -189,15 +190,21 @@ def _notifications(
         spec = opts.section(name)
         subscribers = spec.raw("subscribers")
         if not isinstance(subscribers, list) or not subscribers:
-            spec.fail("subscribers", "expected a list of subscribers (webhook or log)")
+            spec.fail("subscribers", "expected a list of subscribers (webhook, email or log)")
         subs = []
         for i, item in enumerate(subscribers):
             path = (*spec.path, "subscribers", i)
-            kind, body = _single_key(spec.source, path, item, ("webhook", "log"), "subscriber")
+            kinds = ("webhook", "email", "log")
+            kind, body = _single_key(spec.source, path, item, kinds, "subscriber")
             sub = Options(spec.source, (*path, kind), body)
             if kind == "log":
                 sub.done()
                 subs.append(SubscriberSpec("log"))
+                continue
+            if kind == "email":
+                mail = read_email(sub, name, _from_env(sub, "smtp"), warnings)
+                sub.done()
+                subs.append(SubscriberSpec("email", email=mail))
                 continue
             url = _from_env(sub, "url")
             secrets = _secrets(sub)

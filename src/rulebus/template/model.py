@@ -10,6 +10,7 @@ from rulebus.egress import Egress
 
 if TYPE_CHECKING:
     from rulebus.actions.base import Action
+    from rulebus.mail import EmailSpec
     from rulebus.sql import Rule, Template
 
 
@@ -21,7 +22,7 @@ class TableSpec:
 
 @dataclass(frozen=True)
 class SubscriberSpec:
-    """A webhook (``url`` set) or the log."""
+    """A webhook (``url`` set), an email subscriber (``email`` set) or the log."""
 
     kind: str
     url: str | None = None
@@ -32,6 +33,7 @@ class SubscriberSpec:
     # requests in flight to the URL's host and port (``actions/http.py``).
     headers: dict[str, Template | str] = field(default_factory=dict)
     concurrency: int = 64
+    email: EmailSpec | None = None  # an email subscriber's server, recipients and subject
 
 
 @dataclass(frozen=True)
