@@ -2,7 +2,8 @@
 
 The stream polls the bus's head every ``POLL`` seconds and, when it moved,
 reads the events appended since the last read by time (the bus's
-``history``), skipping those it sent already and those there when it opened. It holds one read's events at
+``history``), skipping those it sent already and those there when it
+opened. It holds one read's events at
 a time and stops when the client goes away.
 """
 
