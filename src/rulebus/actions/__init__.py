@@ -1,3 +1,12 @@
 """Actions: what a rule does with its output. One module per kind, registered by name."""
 
-from rulebus.actions import function, http, log, notify, object, republish, table  # noqa: F401  (registration)
+from rulebus.actions import (  # noqa: F401  (registration)
+    amqp,
+    function,
+    http,
+    log,
+    notify,
+    object,
+    republish,
+    table,
+)
