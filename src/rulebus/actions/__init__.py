@@ -7,6 +7,7 @@ from rulebus.actions import (  # noqa: F401  (registration)
     log,
     notify,
     object,
+    redis_stream,
     republish,
     table,
 )
