@@ -10,8 +10,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "exchange"))
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
-# Session-wide servers: PostgreSQL (the machine's), S3 (moto) and NATS (our own).
-pytest_plugins = ["tests.services.postgres", "tests.services.s3", "tests.services.nats"]
+# Session-wide servers: PostgreSQL and Mosquitto (the machine's), S3 (moto), NATS (our own).
+pytest_plugins = [
+    "tests.services.postgres",
+    "tests.services.s3",
+    "tests.services.nats",
+    "tests.services.mqtt",
+]
 
 
 @pytest.fixture

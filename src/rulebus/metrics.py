@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     values,
@@ -86,6 +87,21 @@ class _Families:
             "Deliveries made by rulebus replay (never by the engine), per rule and outcome:"
             " delivered, failed, or already_replayed by an earlier run of the same replay.",
             ["rule", "outcome"],
+            registry=None,
+        )
+        self.mqtt_messages = Counter(
+            "rulebus_mqtt_messages",
+            "MQTT messages the bridge took from a broker, per outcome: accepted, duplicate"
+            " (an event with its id was in the log), rejected (not a JSON object, or a bad"
+            " topic or id).",
+            ["broker", "outcome"],
+            registry=None,
+        )
+        self.mqtt_connected = Gauge(
+            "rulebus_mqtt_connected",
+            "1 while the bridge is connected to the broker (in any live API process), else 0.",
+            ["broker"],
+            multiprocess_mode="livemax",
             registry=None,
         )
         self.seconds = Histogram(
@@ -311,6 +327,27 @@ class IngestMetrics:
             self.add("unavailable", count)
         elif isinstance(error, BadInput):
             self.add("rejected", count)
+
+
+class MqttMetrics:
+    """What the MQTT bridge counts per broker: messages by outcome, and being connected."""
+
+    OUTCOMES = ("accepted", "duplicate", "rejected")
+
+    def __init__(self, broker: str) -> None:
+        self.on = _families is not None
+        if _families is not None:
+            self._children = {o: _families.mqtt_messages.labels(broker, o) for o in self.OUTCOMES}
+            self._connected = _families.mqtt_connected.labels(broker)
+            self._connected.set(0)
+
+    def add(self, outcome: str, count: int = 1) -> None:
+        if self.on and count:
+            self._children[outcome].inc(count)
+
+    def connected(self, up: bool) -> None:
+        if self.on:
+            self._connected.set(1 if up else 0)
 
 
 class _Gauges:

@@ -17,6 +17,7 @@ from rulebus.backends.base import Appended, Bus, ObjectStore, TableStore
 from rulebus.backends.registry import DEFAULTS, is_embedded, open_store
 from rulebus.backends.sqlite_bus import Partition
 from rulebus.backends.sqlite_writer import WRITER_CACHE_KIB
+from rulebus.bridges.mqtt import MqttBridge
 from rulebus.engine.keys import keyer
 from rulebus.engine.runner import Engine, enabled
 from rulebus.errors import ActionError, Unavailable
@@ -117,7 +118,8 @@ class Runtime:
     """Opens the backends an app needs and, with ``engine``, runs its rules.
 
     Without ``engine`` it only publishes (an API process whose engine runs in
-    another process on the same data directory).
+    another process on the same data directory). With ``bridges`` (a process
+    serving the API) it also runs the app's MQTT subscriptions.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class Runtime:
         *,
         engine: bool = True,
         partition: Partition | None = None,
+        bridges: bool = False,
     ) -> None:
         self.app = app
         self.data_dir = data_dir
@@ -148,6 +151,7 @@ class Runtime:
         self._retired: list[FunctionHost] = []  # replaced by reloads, closed at stop
         self._retired_apps: list[App] = []
         self._compactor: asyncio.Task[None] | None = None
+        self.bridge = MqttBridge(app.mqtt, self.bus) if bridges and app.mqtt else None
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +164,8 @@ class Runtime:
             await self.tables.create_table(table.name, table.key)
         for bucket in self.app.buckets:
             await self.objects.create_bucket(bucket)
+        if self.bridge is not None:
+            self.bridge.start()
         if not self.runs_engine:
             await self.objects.close()
             await self.tables.close()
@@ -234,6 +240,8 @@ class Runtime:
             await asyncio.sleep(retention.compact_every)
 
     async def stop(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
         if self._compactor is not None:
             self._compactor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -256,4 +264,7 @@ class Runtime:
             self._lock.release()
 
     async def stats(self) -> dict[str, Any]:
-        return asdict(await self.bus.stats())
+        stats = asdict(await self.bus.stats())
+        if self.bridge is not None:
+            stats["mqtt"] = self.bridge.stats()
+        return stats

@@ -18,6 +18,7 @@ from rulebus.sql import EvalContext, Template, compile_template
 
 if TYPE_CHECKING:
     from rulebus.config.options import Options
+    from rulebus.mqtt import BrokerSpec
 
 T = TypeVar("T")
 
@@ -36,6 +37,8 @@ class Declared:
     egress: Egress = field(default_factory=Egress)
     # Valid but probably not what was meant: the app's warnings, which actions add to.
     warnings: list[str] = field(default_factory=list)
+    # The MQTT brokers of the app's ``mqtt`` section, by name.
+    brokers: dict[str, BrokerSpec] = field(default_factory=dict)
 
     def warn(self, opts: Options, key: str, message: str) -> None:
         """Warn about ``key`` of ``opts`` as ``file:line: message``, as rulebus check shows."""
@@ -71,12 +74,6 @@ class Delivery:
 
     def derive(self, action_index: int, n: int, topic: str, payload: Any, raw: bytes) -> Event:
         """The n-th event an action publishes for this delivery."""
-        if self.event.hops >= MAX_HOPS:
-            raise ActionError(
-                f"event {self.event.id} has passed through {MAX_HOPS} rules; does a rule"
-                " publish into its own topic filter?",
-                retryable=False,
-            )
         return Event(
             id=self.derived_id(action_index, n),
             topic=topic,
@@ -85,8 +82,19 @@ class Delivery:
             client_id=f"rule:{self.rule}",
             principal=self.event.principal,
             raw=raw,
-            hops=self.event.hops + 1,
+            hops=self.next_hops(),
         )
+
+    def next_hops(self) -> int:
+        """The hops of what an action publishes for this delivery; raises ActionError
+        (not retryable) once events have passed through ``MAX_HOPS`` rules."""
+        if self.event.hops >= MAX_HOPS:
+            raise ActionError(
+                f"event {self.event.id} has passed through {MAX_HOPS} rules; does a rule"
+                " publish into its own topic filter?",
+                retryable=False,
+            )
+        return self.event.hops + 1
 
 
 # What a function call published: topic, payload, and the payload's encoding.

@@ -11,7 +11,6 @@ anything else is a 500 with no details.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -28,6 +27,7 @@ from rulebus import codec, metrics
 from rulebus.api import access
 from rulebus.api.auth import Authenticator, require
 from rulebus.api.ingest import (
+    CLIENT_ID,
     MAX_BATCH_BODY,
     MAX_BODY,
     decode,
@@ -76,7 +76,7 @@ class Incoming:
             elif name == b"rulebus-client-id":
                 given = value.decode("latin-1")
         if given is not None:
-            if not _CLIENT_ID.fullmatch(given):
+            if not CLIENT_ID.fullmatch(given):
                 raise BadInput(
                     "invalid rulebus-client-id header: expected 1-128 letters, digits"
                     " and . _ : @ = ~ / + -"
@@ -85,9 +85,6 @@ class Incoming:
         else:
             client = request.scope.get("client")
             self.client_id = f"http:{client[0]}" if client else "http"
-
-
-_CLIENT_ID = re.compile(r"[\w.:@=~/+-]{1,128}")
 
 
 async def read_body(request: Request, incoming: Incoming, limit: int) -> bytes:

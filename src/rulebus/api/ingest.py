@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from rulebus import codec
@@ -19,7 +19,7 @@ from rulebus.errors import BadInput, RulebusError
 from rulebus.events import Event, new_id
 from rulebus.keys import ApiKey
 from rulebus.metrics import IngestMetrics
-from rulebus.sql import EvalContext, validate_topic
+from rulebus.sql import EvalContext, Template, validate_topic
 from rulebus.template.model import RouteSpec
 
 MAX_BODY = 128 * 1024
@@ -32,6 +32,8 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # NATS's), no spaces, control characters or JSON structure.
 _NO_TOPIC = EvalContext(topic="")  # a route's topic templates see only the body
 _LEVEL = re.compile(r"[\w:@=~-]{1,128}")
+# A client id a publisher gives (an HTTP header, an MQTT 5 user property).
+CLIENT_ID = re.compile(r"[\w.:@=~/+-]{1,128}")
 
 
 def now_ms() -> int:
@@ -122,9 +124,15 @@ def route_event(
 
 
 def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
+    return render_levels(route.topic_levels, body, _NO_TOPIC)
+
+
+def render_levels(templates: Sequence[Template], body: dict[str, Any], ctx: EvalContext) -> str:
+    """A topic rendered one template per level; a level filled in from outside must be
+    one word."""
     levels = []
-    for template in route.topic_levels:
-        level = template.render(body, _NO_TOPIC)
+    for template in templates:
+        level = template.render(body, ctx)
         if template.is_constant:
             levels.append(level)
             continue
@@ -132,7 +140,7 @@ def render_topic(route: RouteSpec, body: dict[str, Any]) -> str:
         # wildcard, nothing empty and nothing reserved.
         if not _LEVEL.fullmatch(level):
             raise BadInput(
-                f"invalid topic level {level[:140]!r} from the body: expected 1-128 letters,"
+                f"invalid topic level {level[:140]!r}: expected 1-128 letters,"
                 " digits, '_', '-', ':', '@', '=' or '~'"
             )
         levels.append(level)

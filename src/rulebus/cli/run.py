@@ -390,7 +390,7 @@ async def _serve(
     *,
     engine: bool = True,
 ) -> None:
-    runtime = Runtime(app, data_dir, where, engine=engine and commands is None)
+    runtime = Runtime(app, data_dir, where, engine=engine and commands is None, bridges=True)
     await runtime.start()
     auth = Authenticator(open_store("keys", where.bus, data_dir))
     try:

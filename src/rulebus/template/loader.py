@@ -17,6 +17,7 @@ from rulebus.egress import Egress
 from rulebus.errors import BadInput, RulebusError, SqlError, TemplateError
 from rulebus.functions import load_handler
 from rulebus.mail import read_email
+from rulebus.mqtt import read_mqtt
 from rulebus.sql import DEFAULT_SQL_VERSION, SQL_VERSIONS, compile_rule, compile_template
 from rulebus.sql.topics import filters_overlap
 from rulebus.template.model import (
@@ -69,6 +70,7 @@ def load_app(path: Path | str) -> App:
     app.buckets = _buckets(top)
     app.notifications = _notifications(top.section("notifications"), app.egress, app.warnings)
     app.functions = _functions(top.section("functions"), app.root)
+    app.mqtt = read_mqtt(top.section("mqtt"), app.name, app.root, app.warnings)
     declared = Declared(
         tables={name: spec.key for name, spec in app.tables.items()},
         buckets=frozenset(app.buckets),
@@ -76,6 +78,7 @@ def load_app(path: Path | str) -> App:
         functions=frozenset(app.functions),
         egress=app.egress,
         warnings=app.warnings,
+        brokers=app.mqtt.brokers,
     )
     app.rules = _rules(top.section("rules"), declared, app.retry)
     if not app.rules:

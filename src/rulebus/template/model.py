@@ -11,6 +11,7 @@ from rulebus.egress import Egress
 if TYPE_CHECKING:
     from rulebus.actions.base import Action
     from rulebus.mail import EmailSpec
+    from rulebus.mqtt import MqttSpec
     from rulebus.sql import Rule, Template
 
 
@@ -124,3 +125,4 @@ class App:
     trace: bool = True  # record what dispatch does, for `rulebus trace` (`trace: {enabled: …}`)
     metrics: bool = True  # count for /metrics (`metrics: {enabled: …}`); read at start only
     warnings: list[str] = field(default_factory=list)  # valid, but probably not what was meant
+    mqtt: MqttSpec | None = None  # brokers, and the subscriptions the API processes run
