@@ -17,8 +17,8 @@ from rulebus.events import MAX_HOPS, Event, name_id
 from rulebus.sql import EvalContext, Template, compile_template
 
 if TYPE_CHECKING:
+    from rulebus.actions.mqtt import BrokerSpec
     from rulebus.config.options import Options
-    from rulebus.mqtt import BrokerSpec
 
 T = TypeVar("T")
 

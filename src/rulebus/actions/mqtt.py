@@ -1,5 +1,6 @@
 """``mqtt``: publish the rule's output to an MQTT broker, as AWS IoT's republish reaches
-MQTT clients.
+MQTT clients; and the brokers an app declares, which the bridge (``bridges/mqtt.py``)
+subscribes to as well.
 
 One connection per broker per process, opened at the first send and shared
 by every action naming that broker (and by the rules of a reloaded app).
@@ -15,8 +16,11 @@ to a topic the app subscribes to stops after ``MAX_HOPS`` rounds, as
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import os
+import ssl
+import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -31,15 +35,136 @@ from rulebus.actions.base import (
     template_option,
 )
 from rulebus.actions.registry import register
+from rulebus.actions.remote import TIMEOUT, Connection, server_url
+from rulebus.backends.registry import redact
 from rulebus.config.options import Options, constant_shape
 from rulebus.errors import ActionError
-from rulebus.mqtt import HOPS_PROPERTY, MESSAGE_ID_PROPERTY, BrokerSpec, read_broker
 from rulebus.sql import Template
 
 if TYPE_CHECKING:
     import aiomqtt
 
-TIMEOUT = 10.0  # seconds to wait for a connection, or a PUBACK
+SCHEMES = {"mqtt": 1883, "mqtts": 8883}
+# What the action adds to each message: an id the same on every retry, and how
+# many rules the event went through, which the bridge reads back to stop loops.
+MESSAGE_ID_PROPERTY = "rulebus-message-id"
+HOPS_PROPERTY = "rulebus-hops"
+# How many QoS 1 messages the broker may have sent without their PUBACK: the
+# bridge acknowledges only after the append, so this is its pipeline depth.
+RECEIVE_MAXIMUM = 2000
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    """Where a broker is and how to log in; ``name`` is the app file's, or the URL."""
+
+    name: str
+    url: str  # without its password, for messages and /admin/stats
+    host: str
+    port: int
+    tls: bool
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 30
+    # How long the broker keeps the bridge's session (its subscriptions and the
+    # QoS 1 messages that arrive) while the bridge is away.
+    session_expiry: int = 7 * 86400
+
+    def client(self, client_id: str, *, persistent: bool) -> aiomqtt.Client:
+        """A client for this broker, not connected yet.
+
+        ``persistent``: resume the session of ``client_id`` (clean start off,
+        with an expiry), so messages queued while away arrive after a restart.
+        """
+        import aiomqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.ReceiveMaximum = RECEIVE_MAXIMUM
+        if persistent:
+            properties.SessionExpiryInterval = self.session_expiry
+        return aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=client_id,
+            username=self.username,
+            password=self.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=not persistent,
+            keepalive=self.keepalive,
+            properties=properties,
+            tls_context=self._tls_context() if self.tls else None,
+            timeout=TIMEOUT,
+        )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        if self.cert is not None:
+            context.load_cert_chain(self.cert, self.key)
+        return context
+
+
+def read_broker(
+    opts: Options, name: str | None, client_id: str, root: Path, declared: Declared
+) -> BrokerSpec:
+    """A broker's options: ``url`` or ``url_env``, ``client_id``, ``username_env`` and
+    ``password_env``, ``tls: {ca, cert, key}``, ``keepalive``, ``session_expiry``.
+
+    ``name`` None: a broker given by URL where it is used (an action's ``url``).
+    """
+    url = server_url(opts, declared, tuple(SCHEMES))
+    parts = urllib.parse.urlsplit(url)
+    tls = opts.section("tls")
+    files = {key: _file(tls, key, root) for key in ("ca", "cert", "key")}
+    if files["key"] is not None and files["cert"] is None:
+        tls.fail("key", "a key needs its cert")
+    tls.done()
+    if opts.has("tls") and parts.scheme != "mqtts":
+        opts.fail("tls", "tls options are for an mqtts:// URL")
+    return BrokerSpec(
+        name=name or redact(url),
+        url=redact(url),
+        host=parts.hostname or "",
+        port=parts.port or SCHEMES[parts.scheme],
+        tls=parts.scheme == "mqtts",
+        ca=files["ca"],
+        cert=files["cert"],
+        key=files["key"],
+        client_id=opts.text("client_id", client_id),
+        username=_env(opts, "username_env", declared) or _unquote(parts.username),
+        password=_env(opts, "password_env", declared) or _unquote(parts.password),
+        keepalive=int(opts.duration("keepalive", 30)),
+        session_expiry=int(opts.duration("session_expiry", 7 * 86400)),
+    )
+
+
+def _env(opts: Options, key: str, declared: Declared) -> str | None:
+    variable = opts.optional_str(key)
+    if variable is None:
+        return None
+    value = os.environ.get(variable)
+    if not value:
+        declared.warn(opts, key, f"{variable} is not set")
+    return value or None
+
+
+def _unquote(text: str | None) -> str | None:
+    return urllib.parse.unquote(text) if text else None
+
+
+def _file(opts: Options, key: str, root: Path) -> Path | None:
+    text = opts.optional_str(key)
+    if text is None:
+        return None
+    path = (root / text).resolve()
+    if not path.is_file():
+        opts.fail(key, f"no such file: {path}")
+    return path
 
 
 @register
@@ -55,7 +180,7 @@ class MqttAction(OutboundAction):
         self.qos = qos
         self.retain = retain
         self.resource = f"{broker.name} {topic.text}"
-        self._connection: _Connection | None = None
+        self._shared: _Shared | None = None
 
     @classmethod
     def from_options(cls, opts: Options, declared: Declared) -> MqttAction:
@@ -65,7 +190,7 @@ class MqttAction(OutboundAction):
             broker = declared.brokers[reference(opts, "broker", declared.brokers, "broker")]
         elif opts.has("url") or opts.has("url_env"):
             root = Path(opts.source.file).parent
-            broker = read_broker(opts, None, "rulebus", root, declared.warnings)
+            broker = read_broker(opts, None, "rulebus", root, declared)
         else:
             opts.missing("broker", "the name of a broker of the mqtt section (or url)")
         topic = template_option(opts, "topic")
@@ -93,17 +218,18 @@ class MqttAction(OutboundAction):
         return Outbound(topic, delivery.output, details)
 
     async def send(self, messages: list[Outbound]) -> list[Exception | None]:
-        if self._connection is None:
-            self._connection = _Connection.shared(self.broker)
+        if self._shared is None:
+            self._shared = _Shared.use(self.broker)
+        connection = self._shared.connection
         try:
-            client = await self._connection.client()
+            client = await connection.client()
         except ActionError as exc:
             return [exc] * len(messages)
         results = await asyncio.gather(
             *(self._publish(client, message) for message in messages), return_exceptions=True
         )
         if any(isinstance(r, ActionError) and r.retryable for r in results):
-            await self._connection.reset(client)
+            await connection.reset(client)
         return [r if isinstance(r, Exception) else None for r in results]
 
     async def _publish(self, client: aiomqtt.Client, message: Outbound) -> None:
@@ -134,9 +260,9 @@ class MqttAction(OutboundAction):
             raise ActionError(f"mqtt {self.broker.url}: publish failed: {exc}") from None
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.release()
-            self._connection = None
+        if self._shared is not None:
+            await self._shared.release()
+            self._shared = None
 
 
 def topic_problem(topic: str) -> str | None:
@@ -154,63 +280,47 @@ def topic_problem(topic: str) -> str | None:
     return None
 
 
-class _Connection:
-    """One publishing connection to a broker, shared in the process by the actions
-    that use it (counted, closed with the last of them)."""
+class _Shared:
+    """A broker's publishing connection, shared in the process by the actions that use
+    it; closed with the last of them."""
 
-    _open: ClassVar[dict[BrokerSpec, _Connection]] = {}
+    _open: ClassVar[dict[BrokerSpec, _Shared]] = {}
 
     def __init__(self, broker: BrokerSpec) -> None:
         self.broker = broker
         self.users = 0
-        self._client: aiomqtt.Client | None = None
-        self._lock = asyncio.Lock()
+        self.connection: Connection[aiomqtt.Client] = Connection(
+            functools.partial(_connect, broker), _disconnect
+        )
 
     @classmethod
-    def shared(cls, broker: BrokerSpec) -> _Connection:
-        connection = cls._open.get(broker)
-        if connection is None:
-            connection = cls._open[broker] = cls(broker)
-        connection.users += 1
-        return connection
-
-    async def client(self) -> aiomqtt.Client:
-        import aiomqtt
-
-        async with self._lock:
-            if self._client is None:
-                # Not the bridge's client id: the broker would close the bridge's
-                # session for it. Nothing is subscribed here, so no session is kept.
-                client_id = f"{self.broker.client_id or 'rulebus'}-out-{os.getpid()}"
-                client = self.broker.client(client_id, persistent=False)
-                try:
-                    await asyncio.wait_for(client.__aenter__(), TIMEOUT)
-                except (aiomqtt.MqttError, TimeoutError) as exc:
-                    why = str(exc) or "timed out"
-                    raise ActionError(f"mqtt {self.broker.url}: cannot connect: {why}") from None
-                self._client = client
-            return self._client
-
-    async def reset(self, client: aiomqtt.Client) -> None:
-        """Drop a connection that failed; the next send connects again."""
-        async with self._lock:
-            if self._client is client:
-                self._client = None
-                await _disconnect(client)
+    def use(cls, broker: BrokerSpec) -> _Shared:
+        shared = cls._open.get(broker)
+        if shared is None:
+            shared = cls._open[broker] = cls(broker)
+        shared.users += 1
+        return shared
 
     async def release(self) -> None:
         self.users -= 1
-        if self.users > 0:
-            return
-        _Connection._open.pop(self.broker, None)
-        async with self._lock:
-            if self._client is not None:
-                await _disconnect(self._client)
-                self._client = None
+        if self.users == 0:
+            _Shared._open.pop(self.broker, None)
+            await self.connection.close()
+
+
+async def _connect(broker: BrokerSpec) -> aiomqtt.Client:
+    import aiomqtt
+
+    # Not the bridge's client id: the broker would end the bridge's session for
+    # it. Nothing is subscribed here, so no session is kept.
+    client = broker.client(f"{broker.client_id or 'rulebus'}-out-{os.getpid()}", persistent=False)
+    try:
+        await asyncio.wait_for(client.__aenter__(), TIMEOUT)
+    except (aiomqtt.MqttError, TimeoutError) as exc:
+        why = str(exc) or "timed out"
+        raise ActionError(f"mqtt {broker.url}: cannot connect: {why}") from None
+    return client
 
 
 async def _disconnect(client: aiomqtt.Client) -> None:
-    import aiomqtt
-
-    with contextlib.suppress(aiomqtt.MqttError, TimeoutError, OSError):  # already gone
-        await asyncio.wait_for(client.__aexit__(None, None, None), TIMEOUT)
+    await client.__aexit__(None, None, None)

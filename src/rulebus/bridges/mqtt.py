@@ -23,19 +23,13 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from rulebus.actions.mqtt import HOPS_PROPERTY, BrokerSpec
 from rulebus.api.ingest import CLIENT_ID, decode, encode, event_id, now_ms, render_levels
 from rulebus.backends.base import EventLog
 from rulebus.errors import BadInput, RulebusError
 from rulebus.events import MAX_HOPS, Event, new_id
 from rulebus.metrics import MqttMetrics
-from rulebus.mqtt import (
-    CLIENT_ID_PROPERTY,
-    HOPS_PROPERTY,
-    BrokerSpec,
-    MqttSpec,
-    SubscriptionSpec,
-    user_property,
-)
+from rulebus.mqtt import CLIENT_ID_PROPERTY, MqttSpec, SubscriptionSpec, user_property
 from rulebus.sql import EvalContext, validate_topic
 
 if TYPE_CHECKING:

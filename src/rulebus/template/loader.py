@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -70,7 +71,6 @@ def load_app(path: Path | str) -> App:
     app.buckets = _buckets(top)
     app.notifications = _notifications(top.section("notifications"), app.egress, app.warnings)
     app.functions = _functions(top.section("functions"), app.root)
-    app.mqtt = read_mqtt(top.section("mqtt"), app.name, app.root, app.warnings)
     declared = Declared(
         tables={name: spec.key for name, spec in app.tables.items()},
         buckets=frozenset(app.buckets),
@@ -78,8 +78,9 @@ def load_app(path: Path | str) -> App:
         functions=frozenset(app.functions),
         egress=app.egress,
         warnings=app.warnings,
-        brokers=app.mqtt.brokers,
     )
+    app.mqtt = read_mqtt(top.section("mqtt"), app.name, app.root, declared)
+    declared = dataclasses.replace(declared, brokers=app.mqtt.brokers)
     app.rules = _rules(top.section("rules"), declared, app.retry)
     if not app.rules:
         app.warnings.append(f"{file}: no rules: events are stored, and nothing acts on them")
