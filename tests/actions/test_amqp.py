@@ -183,7 +183,8 @@ def test_an_unknown_exchange_or_an_unroutable_message_is_dead_lettered_at_once(
             actions: [{{amqp: {{url_env: AMQP_URL, exchange: {missing}, routing_key: k}}}}]
           unroutable:
             sql: SELECT * FROM 'in/nowhere'
-            actions: [{{amqp: {{url_env: AMQP_URL, routing_key: "rb-${{topic(2)}}-{broker.suffix}"}}}}]
+            actions:
+              - amqp: {{url_env: AMQP_URL, routing_key: "rb-${{topic(2)}}-{broker.suffix}"}}
           fine:
             sql: SELECT * FROM 'in/after'
             actions: [{{amqp: {{url_env: AMQP_URL, queue: {queue}}}}}]
