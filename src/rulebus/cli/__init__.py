@@ -11,6 +11,7 @@ import click
 from rulebus.cli.common import Group
 from rulebus.cli.data import bucket, dlq, publish, table
 from rulebus.cli.graph import graph_command
+from rulebus.cli.importer import import_group
 from rulebus.cli.keys import keys_group
 from rulebus.cli.reload import reload
 from rulebus.cli.replay import replay_command
@@ -32,3 +33,4 @@ main.add_command(trace_command)
 main.add_command(replay_command)
 main.add_command(test_command)
 main.add_command(graph_command)
+main.add_command(import_group)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
 import re
 from pathlib import Path
 
 from rulebus.actions import registry
-from rulebus.actions.base import Action, Declared, template_option
+from rulebus.actions.base import Action, Declared, template_option, warning
 from rulebus.actions.http import check_url, read_concurrency, read_headers
 from rulebus.backends.base import validate_bucket
 from rulebus.config.options import Options, check_topic_template, placeholders
@@ -70,7 +71,7 @@ def load_app(path: Path | str) -> App:
     app.tables = _tables(top.section("tables"))
     app.buckets = _buckets(top)
     app.notifications = _notifications(top.section("notifications"), app.egress, app.warnings)
-    app.functions = _functions(top.section("functions"), app.root)
+    app.functions = _functions(top.section("functions"), app.root, app.warnings)
     declared = Declared(
         tables={name: spec.key for name, spec in app.tables.items()},
         buckets=frozenset(app.buckets),
@@ -271,16 +272,21 @@ def _single_key(
     return kind, body
 
 
-def _functions(opts: Options, root: Path) -> dict[str, FunctionSpec]:
+def _functions(opts: Options, root: Path, warnings: list[str]) -> dict[str, FunctionSpec]:
     out = {}
     for name in opts.value:
         _name(opts, name, "function")
         spec = opts.section(name)
         handler = spec.text("handler", required=True)
         try:
-            load_handler(root, handler)
+            loaded = load_handler(root, handler)
         except RulebusError as exc:
             spec.fail("handler", str(exc))
+        # Stubs written by ``rulebus import aws`` say so until someone ports them.
+        if getattr(inspect.getmodule(loaded), "RULEBUS_UNPORTED", False):
+            warnings.append(
+                warning(spec, "handler", f"function {name}: {handler} is not ported yet (it fails)")
+            )
         out[name] = FunctionSpec(
             name,
             handler,

@@ -1,0 +1,1 @@
+"""Importers: apps made from other systems' definitions (``rulebus import``)."""
