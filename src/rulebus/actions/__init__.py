@@ -5,6 +5,7 @@ from rulebus.actions import (  # noqa: F401  (registration)
     function,
     http,
     log,
+    mqtt,
     nats,
     notify,
     object,
