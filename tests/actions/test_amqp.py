@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.actions.apps import check_error, write_app
 from tests.runtime.helpers import Server, cli, free_port, wait_until
 from tests.services import unavailable
 
@@ -110,13 +110,6 @@ def broker() -> Iterator[Broker]:
         unavailable("RabbitMQ on 127.0.0.1:5672", str(exc))
     yield found
     found.clean()
-
-
-def write_app(tmp_path: Path, body: str) -> Path:
-    app = tmp_path / "app"
-    app.mkdir(exist_ok=True)
-    (app / "rulebus.yaml").write_text(textwrap.dedent(body))
-    return app
 
 
 def test_publishes_to_a_queue_and_an_exchange_with_id_headers_and_persistence(
@@ -239,14 +232,6 @@ def test_a_broker_that_is_down_is_retried_then_dead_lettered(tmp_path: Path) -> 
         server.stop()
 
 
-def bad_option(tmp_path: Path, amqp: str) -> str:
-    rule = "rules: {forward: {sql: \"SELECT id FROM 'orders/+'\", actions: [{amqp: %s}]}}\n"
-    result = cli("check", str(write_app(tmp_path, rule % amqp)), env=ENV)
-    assert result.returncode == 2, result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    return line
-
-
 def test_bad_options_are_refused_at_load_time_with_file_line_and_key(tmp_path: Path) -> None:
     cases = [
         ("{url: 'http://h/', queue: q}", "amqp.url: expected a amqp:// or amqps:// URL"),
@@ -259,10 +244,10 @@ def test_bad_options_are_refused_at_load_time_with_file_line_and_key(tmp_path: P
         ("{url_env: AMQP_URL, queue: q, persistent: maybe}", "expected true or false"),
         ("{url_env: AMQP_URL, queue: q, durable: true}", "amqp.durable: unknown key"),
     ]
+    rule = "rules: {forward: {sql: \"SELECT id FROM 'orders/+'\", actions: [{amqp: %s}]}}\n"
     for amqp, expected in cases:
-        line = bad_option(tmp_path, amqp)
-        assert line.startswith("error: ") and "rulebus.yaml:1: " in line, line
-        assert expected in line, (amqp, line)
+        line = check_error(tmp_path, rule % amqp, ENV)
+        assert "rulebus.yaml:1: " in line and expected in line, (amqp, line)
 
 
 def test_a_password_in_the_app_file_is_a_warning(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.runtime.helpers import Server, cli, free_port, wait_until
+from tests.actions.apps import check_error, write_app
+from tests.runtime.helpers import Server, free_port, wait_until
 from tests.services.nats import NatsServer
 
 RETRY = "retry: {attempts: 3, backoff: 50ms, max_backoff: 100ms}"
@@ -72,13 +73,6 @@ def names(nats_server: NatsServer) -> Iterator[str]:
     name = f"T{uuid.uuid4().hex[:10]}"
     yield name
     nats_server.delete_streams(name)
-
-
-def write_app(tmp_path: Path, body: str) -> Path:
-    app = tmp_path / "app"
-    app.mkdir(exist_ok=True)
-    (app / "rulebus.yaml").write_text(textwrap.dedent(body))
-    return app
 
 
 def test_a_stream_stores_a_redelivered_message_once_and_a_subscriber_gets_plain_ones(
@@ -200,8 +194,5 @@ def test_bad_options_are_refused_at_load_time_with_file_line_and_key(tmp_path: P
         ("{url: 'nats://h', subjet: a}", "did you mean 'subject'?"),
     ]
     for options, expected in cases:
-        result = cli("check", str(write_app(tmp_path, rule % options)))
-        assert result.returncode == 2, result.stderr
-        (line,) = result.stderr.strip().splitlines()
-        assert line.startswith("error: ") and "rulebus.yaml:1: " in line, line
-        assert expected in line, (options, line)
+        line = check_error(tmp_path, rule % options)
+        assert "rulebus.yaml:1: " in line and expected in line, (options, line)

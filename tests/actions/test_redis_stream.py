@@ -6,7 +6,6 @@ load-time checks."""
 from __future__ import annotations
 
 import json
-import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.actions.apps import check_error, write_app
 from tests.runtime.helpers import Server, cli, free_port, wait_until
 from tests.services import unavailable
 
@@ -32,10 +32,8 @@ class Redis:
         self.prefix = f"rb-{uuid.uuid4().hex[:8]}"
 
     def entries(self, stream: str) -> list[dict[str, Any]]:
-        return [
-            {k.decode(): v.decode() for k, v in fields.items()}
-            for _, fields in self.client.xrange(stream)
-        ]
+        found: list[tuple[bytes, dict[bytes, bytes]]] = self.client.xrange(stream)  # type: ignore[assignment]
+        return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in found]
 
     def clean(self) -> None:
         keys = list(self.client.scan_iter(f"{self.prefix}*"))
@@ -55,13 +53,6 @@ def redis_server() -> Iterator[Redis]:
         unavailable("Redis on 127.0.0.1:6379", str(exc))
     yield found
     found.clean()
-
-
-def write_app(tmp_path: Path, body: str) -> Path:
-    app = tmp_path / "app"
-    app.mkdir(exist_ok=True)
-    (app / "rulebus.yaml").write_text(textwrap.dedent(body))
-    return app
 
 
 def test_adds_entries_to_a_templated_stream_and_trims_it(
@@ -148,14 +139,6 @@ def test_a_key_of_another_type_is_not_retried_and_a_server_down_is(
         server.stop()
 
 
-def bad_option(tmp_path: Path, options: str) -> str:
-    rule = "rules: {r: {sql: \"SELECT n FROM 'in'\", actions: [{redis_stream: %s}]}}\n"
-    result = cli("check", str(write_app(tmp_path, rule % options)), env=ENV)
-    assert result.returncode == 2, result.stderr
-    (line,) = result.stderr.strip().splitlines()
-    return line
-
-
 def test_bad_options_are_refused_at_load_time_with_file_line_and_key(tmp_path: Path) -> None:
     cases = [
         ("{url: 'amqp://h', stream: s}", "url: expected a redis:// or rediss:// URL"),
@@ -166,10 +149,10 @@ def test_bad_options_are_refused_at_load_time_with_file_line_and_key(tmp_path: P
         ("{url_env: REDIS_URL, stream: s, partition_key: '${'}", "partition_key: invalid"),
         ("{url_env: REDIS_URL, stream: s, maxlen: 5}", "unknown key; did you mean 'max_len'?"),
     ]
+    rule = "rules: {r: {sql: \"SELECT n FROM 'in'\", actions: [{redis_stream: %s}]}}\n"
     for options, expected in cases:
-        line = bad_option(tmp_path, options)
-        assert line.startswith("error: ") and "rulebus.yaml:1: " in line, line
-        assert expected in line, (options, line)
+        line = check_error(tmp_path, rule % options, ENV)
+        assert "rulebus.yaml:1: " in line and expected in line, (options, line)
 
 
 def test_rule_tests_record_the_entry_instead_of_adding_it(tmp_path: Path) -> None:

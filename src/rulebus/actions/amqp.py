@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from rulebus import codec
 from rulebus.actions.base import (
     Declared,
     Delivery,
     Outbound,
     OutboundAction,
+    encode_output,
     render,
     template_option,
 )
@@ -114,10 +114,7 @@ class AmqpAction(OutboundAction):
     async def _publish(self, channel: _Channel, message: Outbound) -> None:
         import aio_pika
 
-        try:
-            body = codec.dumps(message.payload)
-        except codec.EncodeError as exc:
-            raise ActionError(f"cannot encode the output: {exc}", retryable=False) from None
+        body = encode_output(message.payload)
         details = message.details
         mode = aio_pika.DeliveryMode.PERSISTENT if self.persistent else None
         amqp_message = aio_pika.Message(

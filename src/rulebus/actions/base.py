@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from rulebus import codec
 from rulebus.backends.base import Appended, ObjectStore, TableStore
 from rulebus.egress import Egress
 from rulebus.errors import ActionError, SqlError
@@ -259,6 +260,14 @@ def template_option(opts: Options, key: str, *, required: bool = True) -> Templa
         return compile_template(text)
     except SqlError as exc:
         opts.fail(key, f"invalid template: {exc}")
+
+
+def encode_output(output: Any) -> bytes:
+    """The output as JSON bytes, as an action sends it; not retryable if it cannot be."""
+    try:
+        return codec.dumps(output)
+    except codec.EncodeError as exc:
+        raise ActionError(f"cannot encode the output: {exc}", retryable=False) from None
 
 
 def render(template: Template, delivery: Delivery, what: str) -> str:

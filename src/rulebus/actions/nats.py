@@ -16,12 +16,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from rulebus import codec
 from rulebus.actions.base import (
     Declared,
     Delivery,
     Outbound,
     OutboundAction,
+    encode_output,
     render,
     template_option,
 )
@@ -107,10 +107,7 @@ class NatsAction(OutboundAction):
         return list(errors)
 
     async def _publish(self, client: Client, message: Outbound, stream: str | None) -> None:
-        try:
-            payload = codec.dumps(message.payload)
-        except codec.EncodeError as exc:
-            raise ActionError(f"cannot encode the output: {exc}", retryable=False) from None
+        payload = encode_output(message.payload)
         headers = message.details["headers"]
         if stream is None:
             await client.publish(message.target, payload, headers=headers)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from rulebus import codec
 from rulebus.actions.base import (
     Declared,
     Delivery,
     Outbound,
     OutboundAction,
+    encode_output,
     render,
     template_option,
 )
@@ -82,9 +82,9 @@ class RedisStreamAction(OutboundAction):
         queued = []
         for i, message in enumerate(messages):
             try:
-                payload = codec.dumps(message.payload)
-            except codec.EncodeError as exc:
-                errors[i] = ActionError(f"cannot encode the output: {exc}", retryable=False)
+                payload = encode_output(message.payload)
+            except ActionError as exc:
+                errors[i] = exc
                 continue
             fields: dict[FieldT, EncodableT] = {"payload": payload}
             fields.update(message.details["fields"])
