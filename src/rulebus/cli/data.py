@@ -12,14 +12,19 @@ import click
 
 from rulebus import codec
 from rulebus.api.ingest import decode, now_ms, topic_event
-from rulebus.cli.common import backends, backends_option, data_dir_option, require_data_dir
+from rulebus.cli.common import (
+    backends,
+    backends_option,
+    data_dir_option,
+    options,
+    require_data_dir,
+)
 from rulebus.cli.progress import Progress
+from rulebus.dead_letters import LetterFilter, in_chunks
 from rulebus.runtime import Backends, stores
 from rulebus.template import load_app
 
 T = TypeVar("T")
-
-REDRIVE_CHUNK = 100  # dead letters per redrive with --all
 
 
 def _with_stores(
@@ -122,17 +127,29 @@ def bucket_get(name: str, key: str, data_dir: Path, **chosen: Any) -> None:
 
 @click.group()
 def dlq() -> None:
-    """Inspect and redrive dead letters."""
+    """Inspect, redrive and purge dead letters."""
+
+
+# --event, --rule and --topic: which dead letters `ls` lists and `--all` takes.
+letter_filter_options = options(
+    click.option("--event", "event_id", default="", metavar="ID", help="Only this event's."),
+    click.option("--rule", default="", metavar="NAME", help="Only this rule's."),
+    click.option(
+        "--topic", default="", metavar="FILTER", help="Only those whose topic matches the filter."
+    ),
+)
 
 
 @dlq.command("ls")
+@letter_filter_options
 @data_dir_option
 @backends_option
-def dlq_ls(data_dir: Path, **chosen: Any) -> None:
-    """Print dead letters as JSON lines."""
+def dlq_ls(event_id: str, rule: str, topic: str, data_dir: Path, **chosen: Any) -> None:
+    """Print dead letters as JSON lines: the id that redrive and purge take, and the event."""
+    wanted = LetterFilter(event_id, rule, topic)
 
     async def work(bus: Any, tables: Any, objects: Any) -> None:
-        for letter in await bus.dead_letters():
+        for letter in await wanted.chosen(bus):
             sys.stdout.write(
                 codec.dumps_str(
                     {
@@ -152,28 +169,76 @@ def dlq_ls(data_dir: Path, **chosen: Any) -> None:
     _with_stores(data_dir, backends(chosen), work)
 
 
-@dlq.command("redrive")
-@click.argument("ids", nargs=-1, type=int)
-@click.option("--all", "everything", is_flag=True, help="Redrive every dead letter.")
-@data_dir_option
-@backends_option
-def dlq_redrive(ids: tuple[int, ...], everything: bool, data_dir: Path, **chosen: Any) -> None:
-    """Send dead letters back to be retried by the running app."""
+def _on_letters(verb: str, given: dict[str, Any], confirm: bool = False) -> None:
+    """Redrive or purge (``verb``) the dead letters ``given`` names, or with ``--all``
+    those its filters choose, and print how many."""
+    ids: tuple[int, ...] = given.pop("ids")
+    everything: bool = given.pop("everything")
+    wanted = LetterFilter(given.pop("event_id"), given.pop("rule"), given.pop("topic"))
+    data_dir: Path = given.pop("data_dir")
+    if ids and everything:
+        raise click.UsageError("give dead-letter ids or --all, not both")
     if not ids and not everything:
         raise click.UsageError("give dead-letter ids, or --all")
+    if ids and wanted:
+        raise click.UsageError("--event, --rule and --topic choose what --all takes, not ids")
+    done = {"redrive": "redriven", "purge": "purged"}[verb]
 
     async def work(bus: Any, tables: Any, objects: Any) -> int:
+        act = getattr(bus, verb)
         if not everything:
-            return await bus.redrive(list(ids))  # type: ignore[no-any-return]
-        # All of them, in chunks, so a long redrive shows its progress.
-        letters = [letter.id for letter in await bus.dead_letters()]
-        progress = Progress("dlq redrive", len(letters), "dead letters")
-        count = 0
-        for start in range(0, len(letters), REDRIVE_CHUNK):
-            count += await bus.redrive(letters[start : start + REDRIVE_CHUNK])
-            progress.advance(min(REDRIVE_CHUNK, len(letters) - start))
-        progress.finish(f"redriven {count}")
+            # Unknown ids are NoDeadLetter, and then nothing is done.
+            return await act(list(ids))  # type: ignore[no-any-return]
+        letters = [letter.id for letter in await wanted.chosen(bus)]
+        asking = confirm and letters and sys.stdin.isatty()
+        # The question on stderr, like the progress: stdout is for the count.
+        question = f"{verb} {len(letters)} dead letters for good?"
+        if asking and not click.confirm(question, err=True):
+            raise click.ClickException(f"nothing {done}")
+        progress = Progress(f"dlq {verb}", len(letters), "dead letters")
+        count = await in_chunks(act, letters, progress.advance)
+        progress.finish(f"{done} {count}")
         return count
 
-    count = _with_stores(data_dir, backends(chosen), work)
-    click.echo(f"redriven: {count}")
+    count = _with_stores(data_dir, backends(given), work)
+    click.echo(f"{done}: {count}")
+
+
+def _letters_command(verb: str) -> Callable[[Callable[..., None]], click.Command]:
+    """``dlq VERB ID... | --all`` with the filters that choose what --all takes."""
+    choosing = options(
+        click.argument("ids", nargs=-1, type=int),
+        click.option(
+            "--all",
+            "everything",
+            is_flag=True,
+            help=f"{verb.capitalize()} every dead letter (that the filters choose).",
+        ),
+        letter_filter_options,
+        data_dir_option,
+        backends_option,
+    )
+
+    def decorate(function: Callable[..., None]) -> click.Command:
+        return dlq.command(verb)(choosing(function))
+
+    return decorate
+
+
+@_letters_command("redrive")
+def dlq_redrive(**given: Any) -> None:
+    """Send dead letters back to be retried by the running app.
+
+    An id that is not a dead letter is an error, and then none is redriven.
+    """
+    _on_letters("redrive", given)
+
+
+@_letters_command("purge")
+@click.option("--yes", is_flag=True, help="Do not ask to confirm --all on a terminal.")
+def dlq_purge(yes: bool, **given: Any) -> None:
+    """Delete dead letters for good: their deliveries are not tried again.
+
+    An id that is not a dead letter is an error, and then none is purged.
+    """
+    _on_letters("purge", given, confirm=not yes)
