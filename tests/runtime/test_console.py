@@ -387,6 +387,66 @@ class TestDeadLetters:
         finally:
             receiver.status = 400
 
+    def test_purge_one_asks_first_then_it_is_gone(self, exchange: Exchange) -> None:
+        """Purge shows a confirmation (behind CSRF), and only the confirmed post purges;
+        the letter's id is then unknown, which is a 404 with the reason."""
+        server = exchange.server
+        buy = a_flagged_id("console-purge")
+        post_event(server, {"type": "buy", "price": 9, "id": buy})
+        letter = wait_until(lambda: letter_of(server, buy), what="the dead letter")
+        client = login(server)
+        token = csrf(client, "/console/dead-letters")
+        page = client.get("/console/dead-letters").text
+        assert f'name="id" value="{letter["id"]}">\n        <button class="quiet">Purge' in page
+        form = {"id": str(letter["id"])}
+        assert client.post("/console/dead-letters/purge", data=form).status_code == 403
+        asked = client.post("/console/dead-letters/purge", data={**form, "csrf": token})
+        assert asked.status_code == 200
+        assert f"Purge dead letter {letter['id']} for good?" in asked.text
+        assert letter_of(server, buy) is not None, "asking purges nothing"
+        confirmed = {**form, "csrf": token, "confirmed": "true"}
+        answer = client.post("/console/dead-letters/purge", data=confirmed)
+        assert answer.status_code == 303
+        assert "purged%3A%201" in answer.headers["location"]
+        assert letter_of(server, buy) is None
+        again = client.post("/console/dead-letters/purge", data=confirmed)
+        assert again.status_code == 404
+        assert f"no dead letter with id {letter['id']}" in again.text
+
+    def test_purge_all_and_redrive_all_take_what_the_filter_chooses(
+        self, exchange: Exchange
+    ) -> None:
+        """Filtered by event id, the page lists that event's letter alone, and Purge all
+        and Redrive all act on it alone, back to the filtered page."""
+        server, receiver = exchange.server, exchange.receiver
+        orders = [a_flagged_id(f"console-filter{n}") for n in range(3)]
+        for order in orders:
+            post_event(server, {"type": "buy", "price": 2, "id": order})
+        letters = [wait_until(lambda o=o: letter_of(server, o), what="letter") for o in orders]
+        events = [letter["event_id"] for letter in letters]  # the alerts the orders caused
+        client = login(server)
+        token = csrf(client, "/console/dead-letters")
+        page = client.get("/console/dead-letters", params={"event": events[0]}).text
+        assert "1 dead letters match" in page and f'value="{events[0]}"' in page
+        assert page.count('class="quiet">Purge') == 1
+        chosen = {"csrf": token, "all": "true", "event": events[0]}
+        asked = client.post("/console/dead-letters/purge", data=chosen)
+        assert "Purge 1 dead letters (those that match the filter now) for good?" in asked.text
+        answer = client.post("/console/dead-letters/purge", data={**chosen, "confirmed": "true"})
+        assert answer.status_code == 303
+        assert f"event={events[0]}" in answer.headers["location"]
+        assert [letter_of(server, o) is None for o in orders] == [True, False, False]
+        receiver.status = None
+        try:
+            redrive = {**chosen, "event": events[1]}
+            answer = client.post("/console/dead-letters/redrive", data=redrive)
+            assert "redriven%3A%201" in answer.headers["location"]
+            assert [letter_of(server, o) is None for o in orders] == [True, True, False]
+        finally:
+            receiver.status = 400
+        bad = client.get("/console/dead-letters", params={"topic": "a/#/b"})
+        assert bad.status_code == 400
+
 
 class TestRules:
     def test_disable_and_enable_a_rule(self, exchange: Exchange) -> None:

@@ -43,6 +43,7 @@ def console_routes(runtime: Runtime, auth: Authenticator) -> list[BaseRoute]:
         ("/buckets/{name}/object", page(pages.object), ["GET"]),
         ("/dead-letters", page(pages.dead_letters), ["GET"]),
         ("/dead-letters/redrive", page(changes.redrive, changes=True), ["POST"]),
+        ("/dead-letters/purge", page(changes.purge, changes=True), ["POST"]),
         ("/tail", page(pages.tail), ["GET"]),
         ("/tail/stream", page(tail_stream(console)), ["GET"]),
         ("/architecture", page(architecture_page(console)), ["GET"]),

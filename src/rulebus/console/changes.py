@@ -1,5 +1,5 @@
-"""The console's forms that change something: enable or disable a rule, redrive dead letters,
-send an event from the SQL tester.
+"""The console's forms that change something: enable or disable a rule, redrive or purge
+dead letters, send an event from the SQL tester.
 
 Each runs behind the session's CSRF token (``Console.page(changes=True)``)
 and answers with a redirect to the page it came from (post, redirect, get),
@@ -19,16 +19,27 @@ from rulebus.api.ingest import publish_to_topic
 from rulebus.console.pages import Outcome, render_sql, sql_form
 from rulebus.console.session import Session
 from rulebus.console.web import PREFIX, Console, read_form
+from rulebus.dead_letters import LetterFilter, in_chunks
 from rulebus.errors import BadInput
 from rulebus.metrics import IngestMetrics
 from rulebus.reload import request_reload, set_rule_enabled
 
-REDRIVE_CHUNK = 100  # as `rulebus dlq redrive --all`
 CLIENT_ID = "console"  # the client id of the events the SQL tester sends
 
 
 def _back(page: str, message: str) -> Response:
     return RedirectResponse(f"{PREFIX}/{page}?message={quote(message)}", status_code=303)
+
+
+def _filter_query(wanted: LetterFilter) -> dict[str, str]:
+    return {"event": wanted.event, "rule": wanted.rule, "topic": wanted.topic}
+
+
+def _back_to_letters(wanted: LetterFilter, message: str) -> Response:
+    """To the dead letters, filtered as the form was."""
+    kept = {name: value for name, value in _filter_query(wanted).items() if value}
+    query = urlencode({**kept, "message": message}, quote_via=quote)
+    return RedirectResponse(f"{PREFIX}/dead-letters?{query}", status_code=303)
 
 
 class Changes:
@@ -57,18 +68,32 @@ class Changes:
 
     async def redrive(self, request: Request, session: Session) -> Response:
         form = await read_form(request)
-        bus = self.c.runtime.bus
+        ids, wanted = await self._chosen_letters(form)
+        count = await in_chunks(self.c.runtime.bus.redrive, ids)
+        return _back_to_letters(wanted, f"redriven: {count}")
+
+    async def purge(self, request: Request, session: Session) -> Response:
+        """Purging is final: the first post shows what would go, the confirmed one purges."""
+        form = await read_form(request)
+        ids, wanted = await self._chosen_letters(form)
+        if form.get("confirmed") != "true":
+            one = None if form.get("all") == "true" else ids[0]
+            return self.c.render(
+                "dlq_purge.html", session, one=one, count=len(ids), q=_filter_query(wanted)
+            )
+        count = await in_chunks(self.c.runtime.bus.purge, ids)
+        return _back_to_letters(wanted, f"purged: {count}")
+
+    async def _chosen_letters(self, form: dict[str, str]) -> tuple[list[int], LetterFilter]:
+        """The ids a dead-letter form names: its ``id``, or with ``all=true`` every one
+        that its filter (``event``, ``rule``, ``topic``) chooses; and that filter."""
+        wanted = LetterFilter(form.get("event", ""), form.get("rule", ""), form.get("topic", ""))
         if form.get("all") == "true":
-            ids = [letter.id for letter in await bus.dead_letters()]
-        else:
-            try:
-                ids = [int(str(form.get("id")))]
-            except ValueError:
-                raise BadInput("give a dead letter's id, or all=true") from None
-        count = 0
-        for start in range(0, len(ids), REDRIVE_CHUNK):
-            count += await bus.redrive(ids[start : start + REDRIVE_CHUNK])
-        return _back("dead-letters", f"redriven: {count}")
+            return [letter.id for letter in await wanted.chosen(self.c.runtime.bus)], wanted
+        try:
+            return [int(form.get("id", ""))], wanted
+        except ValueError:
+            raise BadInput("give a dead letter's id, or all=true") from None
 
     async def send(self, request: Request, session: Session) -> Response:
         """The SQL tester's Send: its payload published to its topic, as ``POST /topics``

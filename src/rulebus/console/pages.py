@@ -15,6 +15,7 @@ from starlette.responses import Response
 from rulebus import metrics
 from rulebus.console.session import Session
 from rulebus.console.web import Console, read_form
+from rulebus.dead_letters import LetterFilter
 from rulebus.engine.replay import parse_time
 from rulebus.errors import BadInput, NotFound, SqlError, SqlEvalError
 from rulebus.sql import NO_MATCH, EvalContext, TopicFilter, compile_rule, validate_topic
@@ -249,24 +250,15 @@ class Pages:
 
     async def dead_letters(self, request: Request, session: Session) -> Response:
         q = request.query_params
-        rule, topic = q.get("rule", ""), q.get("topic", "")
-        try:
-            wanted = TopicFilter(topic) if topic else None
-        except SqlError as exc:
-            raise BadInput(str(exc)) from None
-        letters = [
-            letter
-            for letter in await self.c.runtime.bus.dead_letters()
-            if (not rule or letter.rule == rule)
-            and (wanted is None or wanted.matches(letter.event.topic))
-        ]
+        wanted = LetterFilter(q.get("event", ""), q.get("rule", ""), q.get("topic", ""))
+        letters = await wanted.chosen(self.c.runtime.bus)
         opened = _int(q.get("open"), 0, "open") or None
         return self.c.render(
             "dlq.html",
             session,
             letters=letters[:MAX_PAGE],
             total=len(letters),
-            q={"rule": rule, "topic": topic},
+            q={"event": wanted.event, "rule": wanted.rule, "topic": wanted.topic},
             opened=opened,
             message=q.get("message", ""),
         )
