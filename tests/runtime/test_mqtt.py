@@ -5,10 +5,13 @@ no acknowledged message lost to kill -9, and the ``mqtt`` action reaching a subs
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.runtime.helpers import Server, cli, free_port, scrape, value, wait_until
@@ -304,3 +307,36 @@ def test_check_warns_about_a_password_in_the_broker_url(tmp_path: Path) -> None:
     result = cli("check", str(app))
     assert result.returncode == 0, result.stderr
     assert "rulebus.yaml:4: a password written in the app file" in result.stderr
+
+
+def test_an_api_process_with_no_mqtt_leaves_the_subscriptions_to_up(tmp_path: Path) -> None:
+    """``rulebus api --no-mqtt`` beside ``rulebus up`` serves the API without connecting
+    to the broker, so the two never take the client id's session from each other."""
+    prefix = unique("sensors")
+    app = bridged_app(tmp_path, prefix)
+    server = Server(app, tmp_path / "data").start()
+    before = wait_until(
+        lambda: server.stats()["mqtt"]["plant"]["connected"] and server.stats()["mqtt"]["plant"],
+        what="the bridge",
+    )
+    port = free_port()
+    cmd = [sys.executable, "-m", "rulebus", "api", str(app), "--no-mqtt"]
+    cmd += ["--data-dir", str(tmp_path / "data"), "--port", str(port)]
+    api = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert api.stdout is not None
+        for line in api.stdout:
+            if "listening on" in line:
+                break
+        stats = httpx.get(
+            f"http://127.0.0.1:{port}/admin/stats",
+            headers={"authorization": f"Bearer {server.key}"},
+        ).json()
+        assert "mqtt" not in stats
+        publish([(f"{prefix}/d1/temp", json.dumps({"id": "once"}), {})])
+        wait_until(lambda: "once" in by_id(server), what="the message")
+        after = server.stats()["mqtt"]["plant"]
+        assert after["connected"] is True and after["since"] == before["since"]
+    finally:
+        api.terminate()
+        api.wait(20)

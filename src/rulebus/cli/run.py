@@ -222,6 +222,12 @@ def _refuse_a_second_engine(data_dir: Path, where: Backends) -> None:
 @log_level_option
 @log_format_option
 @access_log_option
+@click.option(
+    "--no-mqtt",
+    is_flag=True,
+    help="Leave the app's MQTT subscriptions to another process (a broker lets one"
+    " connection hold a client id).",
+)
 def api(
     app_dir: Path,
     data_dir: Path,
@@ -232,6 +238,7 @@ def api(
     log_level: str,
     log_format: str,
     access_log: bool,
+    no_mqtt: bool,
     **chosen: Any,
 ) -> None:
     """Serve an app's HTTP API only; ``rulebus worker`` processes run its rules."""
@@ -243,7 +250,8 @@ def api(
         _count_metrics(app, data_dir, owner=True)
         if access_log:
             access.enable()
-        _run(_serve(app, data_dir, backends(chosen), sock, None, tls, engine=False))
+        where = backends(chosen)
+        _run(_serve(app, data_dir, where, sock, None, tls, engine=False, mqtt=not no_mqtt))
     finally:
         listener.stop()
 
@@ -389,8 +397,9 @@ async def _serve(
     tls: TLS | None,
     *,
     engine: bool = True,
+    mqtt: bool = True,
 ) -> None:
-    runtime = Runtime(app, data_dir, where, engine=engine and commands is None, bridges=True)
+    runtime = Runtime(app, data_dir, where, engine=engine and commands is None, bridges=mqtt)
     await runtime.start()
     auth = Authenticator(open_store("keys", where.bus, data_dir))
     try:
