@@ -17,6 +17,7 @@ class Sizes:
     latency_rate: float  # figure 5: events per second
     storage_n: int  # figure 7: rows of raw SQLite inserts
     distributed_n: int  # figure 8: events through distributed rulebus and the peer
+    mqtt_n: int  # figure 9: QoS 1 messages queued per turn for rulebus and for the plain subscriber
     batch_size: int = 1000  # items per POST /events, and rows per raw transaction
     batch_concurrency: int = 4  # batches in flight at once
     connections: int = 32  # figure 1's connections
@@ -32,6 +33,7 @@ QUICK = Sizes(
     latency_rate=5_000,
     storage_n=20_000,
     distributed_n=1_000,
+    mqtt_n=20_000,
 )
 FULL = Sizes(
     runs=3,
@@ -43,6 +45,7 @@ FULL = Sizes(
     latency_rate=5_000,
     storage_n=1_000_000,
     distributed_n=50_000,
+    mqtt_n=100_000,
 )
 
 

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.figures import distributed, ingest, latency, pipeline, rules, sql, storage
+from bench.figures import distributed, ingest, latency, mqtt, pipeline, rules, sql, storage
 from bench.plan import FULL, QUICK, Plan, Sizes
 from bench.report import Figure, table, write_json
 
@@ -31,6 +31,7 @@ FIGURES: dict[str, Callable[[Plan], Figure | list[Figure]]] = {
     "sql": sql.measure,
     "storage": storage.measure,
     "distributed": distributed.measure,
+    "mqtt": mqtt.measure,
 }
 
 
