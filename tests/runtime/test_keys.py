@@ -153,7 +153,8 @@ def test_a_revoked_key_stops_working_on_the_running_server(keyed: Server) -> Non
 
 
 def test_a_key_over_its_rate_gets_429_with_retry_after(keyed: Server) -> None:
-    key = create(keyed, "slow", "--scope", "ingest", "--rate", "2/s", "--burst", "3")
+    # Slow enough that a loaded machine's slow answers do not refill it between posts.
+    key = create(keyed, "slow", "--scope", "ingest", "--rate", "12/m", "--burst", "3")
     wait_until(
         lambda: keyed.post("/in", {"kind": "a"}, key=key).status_code == 202,
         timeout=5,
@@ -163,11 +164,11 @@ def test_a_key_over_its_rate_gets_429_with_retry_after(keyed: Server) -> None:
     assert 429 in statuses
     answer = keyed.post("/in", {"kind": "a"}, key=key)
     assert answer.status_code == 429
-    assert answer.headers["retry-after"] == "1"
-    assert "over its rate limit of 2/s (burst 3)" in answer.json()["error"]
+    assert answer.headers["retry-after"] == "5"
+    assert "over its rate limit of 0.2/s (burst 3)" in answer.json()["error"]
     # Other keys are not held back, and the bucket refills.
     assert keyed.post("/in", {"kind": "a"}).status_code == 202
-    time.sleep(1.1)
+    time.sleep(5.1)
     assert keyed.post("/in", {"kind": "a"}, key=key).status_code == 202
 
 
