@@ -14,8 +14,23 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtime.helpers import Server, cli, free_port, scrape, value, wait_until
-from tests.services.mqtt import Proxy, Subscriber, clear_retained, publish, unique
+from tests.runtime.helpers import (
+    Server,
+    cli,
+    free_port,
+    make_certificate,
+    scrape,
+    value,
+    wait_until,
+)
+from tests.services.mqtt import (
+    Proxy,
+    Subscriber,
+    clear_retained,
+    private_broker,
+    publish,
+    unique,
+)
 
 pytestmark = pytest.mark.usefixtures("mosquitto")
 
@@ -340,3 +355,51 @@ def test_an_api_process_with_no_mqtt_leaves_the_subscriptions_to_up(tmp_path: Pa
     finally:
         api.terminate()
         api.wait(20)
+
+
+def test_tls_and_login_in_and_out(tmp_path: Path) -> None:
+    """Over mqtts with a CA from the app folder and a login from the environment, a
+    rule's mqtt action reaches the broker and the bridge brings the message back in;
+    a refused login shows in /admin/stats."""
+    cert, key, ca = make_certificate(tmp_path)
+    passwords = tmp_path / "passwords"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "bridge", "s3cret"], check=True)
+    config = f"certfile {cert}\nkeyfile {key}\npassword_file {passwords}\nallow_anonymous false"
+    with private_broker(tmp_path, config) as port:
+        app = write_app(
+            tmp_path,
+            f"""
+            tables:
+              back: {{key: [id]}}
+            mqtt:
+              brokers:
+                secure:
+                  url: mqtts://127.0.0.1:{port}
+                  username_env: MQTT_USER
+                  password_env: MQTT_PASSWORD
+                  tls: {{ca: {ca}}}
+              subscriptions:
+                - {{broker: secure, filter: "panel/+", topic: "back/${{topic(2)}}"}}
+            rules:
+              out:
+                sql: SELECT id, level FROM 'alarms/+'
+                actions:
+                  - mqtt: {{broker: secure, topic: "panel/${{topic(2)}}", qos: 1}}
+              in:
+                sql: SELECT * FROM 'back/+'
+                actions:
+                  - table: {{name: back}}
+            """,
+        )
+        login = {"MQTT_USER": "bridge", "MQTT_PASSWORD": "s3cret"}
+        server = Server(app, tmp_path / "data", login).start()
+        wait_until(lambda: server.stats()["mqtt"]["secure"]["connected"], what="connected")
+        server.post("/topics/alarms/boiler", {"id": "a1", "level": 4})
+        rows = wait_until(lambda: server.scan("back"), what="the round trip")
+        assert rows == [{"id": "a1", "level": 4}]
+        server.stop()
+
+        wrong = Server(app, tmp_path / "data2", {**login, "MQTT_PASSWORD": "nope"}).start()
+        state = wait_until(lambda: wrong.stats()["mqtt"]["secure"]["error"] and wrong.stats())
+        assert state["mqtt"]["secure"]["connected"] is False
+        assert "authori" in state["mqtt"]["secure"]["error"].lower()

@@ -9,11 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import shutil
 import socket
+import subprocess
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,3 +192,38 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
     for sock in (source, sink):
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
+
+
+@contextlib.contextmanager
+def private_broker(directory: Path, config: str) -> Iterator[int]:
+    """A Mosquitto of the test's own on a free port, with ``config`` added to its
+    listener; yields the port. Skips (or fails in CI) without the mosquitto binary."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        unavailable("Mosquitto", "the mosquitto binary is not installed")
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = int(s.getsockname()[1])
+    conf = directory / "mosquitto.conf"
+    # Run as root, mosquitto becomes user mosquitto, who cannot read the test's files.
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(f"{user}listener {port} {HOST}\npersistence false\n{config}\n")
+    log = (directory / "mosquitto.log").open("wb")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection((HOST, port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"mosquitto did not start: {(directory / 'mosquitto.log').read_text()}"
+                    ) from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
