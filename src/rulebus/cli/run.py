@@ -209,7 +209,7 @@ def _refuse_a_second_engine(data_dir: Path, where: Backends) -> None:
         f"pid {p.pid} ({p.role})" for p in running(data_dir) if p.role in ("up", "worker")
     )
     raise click.ClickException(
-        f"{data_dir} is in use by another rulebus engine{f' ({others})' if others else ''}: "
+        f"{data_dir} is in use by another rulebus engine{f', {others}' if others else ''}: "
         "stop it first, or run `rulebus api` for one more API process on it"
     )
 
