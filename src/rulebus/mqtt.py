@@ -33,7 +33,7 @@ class SubscriptionSpec:
     broker: str
     filter: TopicFilter
     topic: str | None
-    topic_levels: tuple[Template, ...] | None
+    topic_levels: tuple[Template, ...] | None = field(compare=False)  # ``topic`` compiled
     qos: int
     id_field: str
 

@@ -189,6 +189,11 @@ class Runtime:
 
     async def reload(self, app: App) -> None:
         """Put a reloaded app in place: new tables and buckets, topics, functions, rules."""
+        if self.bridge is not None and app.mqtt != self.app.mqtt:
+            log.warning(
+                "the mqtt section changed: the MQTT subscriptions go on as they were until"
+                " this process restarts"
+            )
         if not self.runs_engine:
             # An API process publishes only; its routes are built at start.
             self.app = app

@@ -403,3 +403,19 @@ def test_tls_and_login_in_and_out(tmp_path: Path) -> None:
         state = wait_until(lambda: wrong.stats()["mqtt"]["secure"]["error"] and wrong.stats())
         assert state["mqtt"]["secure"]["connected"] is False
         assert "authori" in state["mqtt"]["secure"]["error"].lower()
+
+
+def test_a_reload_that_changes_the_subscriptions_says_they_wait_for_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Subscriptions are read at start: a reload that changes them is logged as not
+    applied, and the bridge stays connected as it was."""
+    prefix = unique("sensors")
+    app = bridged_app(tmp_path, prefix)
+    server = Server(app, tmp_path / "data").start()
+    wait_until(lambda: server.stats()["mqtt"]["plant"]["connected"], what="the bridge")
+    yaml = app / "rulebus.yaml"
+    yaml.write_text(yaml.read_text().replace(f"{prefix}/+/temp", f"{prefix}/+/humidity"))
+    server.cli("reload", check=True)
+    wait_until(lambda: "the mqtt section changed" in "".join(server.output), what="warning")
+    assert server.stats()["mqtt"]["plant"]["connected"] is True
