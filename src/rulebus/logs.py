@@ -153,3 +153,21 @@ def log_to_stderr(level: str, form: str = "text") -> LogWriter:
     root.setLevel(level.upper())
     writer.start()
     return writer
+
+
+class Every:
+    """Lets a repeated log line through at most once per ``seconds``, counting the rest."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._next = 0.0
+        self._quiet = 0
+
+    def passes(self) -> int | None:
+        """None to stay quiet; else how many were kept quiet before this one."""
+        now = time.monotonic()
+        if now < self._next:
+            self._quiet += 1
+            return None
+        quiet, self._quiet, self._next = self._quiet, 0, now + self.seconds
+        return quiet

@@ -11,7 +11,6 @@ anything else is a 500 with no details.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -40,6 +39,7 @@ from rulebus.api.openapi import openapi_endpoint
 from rulebus.console import console_routes
 from rulebus.errors import BadInput, NotFound, RateLimited, RulebusError, Unavailable
 from rulebus.keys import ApiKey
+from rulebus.logs import Every
 from rulebus.template.model import RouteSpec
 from rulebus.trace import trace
 
@@ -303,22 +303,4 @@ async def _error(request: Request, exc: Exception) -> Response:
     return JSON({"error": "internal error"}, status_code=500)
 
 
-class _Every:
-    """Lets a repeated log line through at most once per ``seconds``, counting the rest."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._next = 0.0
-        self._quiet = 0
-
-    def passes(self) -> int | None:
-        """None to stay quiet; else how many were kept quiet before this one."""
-        now = time.monotonic()
-        if now < self._next:
-            self._quiet += 1
-            return None
-        quiet, self._quiet, self._next = self._quiet, 0, now + self.seconds
-        return quiet
-
-
-_UNAVAILABLE_LOG = _Every(10.0)
+_UNAVAILABLE_LOG = Every(10.0)

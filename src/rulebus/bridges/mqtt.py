@@ -28,6 +28,7 @@ from rulebus.api.ingest import CLIENT_ID, decode, encode, event_id, now_ms, rend
 from rulebus.backends.base import EventLog
 from rulebus.errors import BadInput, RulebusError
 from rulebus.events import MAX_HOPS, Event, new_id
+from rulebus.logs import Every
 from rulebus.metrics import MqttMetrics
 from rulebus.mqtt import CLIENT_ID_PROPERTY, MqttSpec, SubscriptionSpec, user_property
 from rulebus.sql import EvalContext, validate_topic
@@ -53,6 +54,7 @@ class _Broker:
         self.since = time.time()
         self.error: str | None = None
         self.rejected: str | None = None  # why the last rejected message was
+        self.rejections = Every(10.0)
         self.counts = dict.fromkeys(MqttMetrics.OUTCOMES, 0)
 
     def up(self) -> None:
@@ -179,7 +181,11 @@ class MqttBridge:
                 except BadInput as exc:
                     broker.count("rejected")
                     broker.rejected = f"{message.topic.value}: {exc.message}"
-                    log.warning("rejected a message on %s", broker.rejected)
+                    # A device sending garbage must not flood the log.
+                    quiet = broker.rejections.passes()
+                    if quiet is not None:
+                        more = f" ({quiet} more since the last line)" if quiet else ""
+                        log.warning("rejected a message on %s%s", broker.rejected, more)
             if events:
                 appended = await self._append(broker, events)
                 duplicates = sum(1 for a in appended if a.duplicate)
