@@ -425,3 +425,27 @@ def test_a_reload_that_changes_the_subscriptions_says_they_wait_for_a_restart(
     server.cli("reload", check=True)
     wait_until(lambda: "the mqtt section changed" in "".join(server.output), what="warning")
     assert server.stats()["mqtt"]["plant"]["connected"] is True
+
+
+def test_rulebus_graph_draws_subscriptions_as_sources(tmp_path: Path) -> None:
+    """A subscription is a source box: into its mapped topic, or, without a mapping,
+    straight into the rule filters that share topics with it."""
+    app = write_app(
+        tmp_path,
+        """
+        mqtt:
+          brokers:
+            plant: {url: mqtt://127.0.0.1:1883}
+          subscriptions:
+            - {broker: plant, filter: "sensors/+/temp", topic: "plant/${topic(2)}"}
+            - {broker: plant, filter: "raw/#"}
+        rules:
+          mapped: {sql: "SELECT * FROM 'plant/+'", actions: [{log: {}}]}
+          raw: {sql: "SELECT * FROM 'raw/+'", actions: [{log: {}}]}
+        """,
+    )
+    drawn = cli("graph", str(app), check=True).stdout
+    assert '(["MQTT subscription<br/>plant: sensors/+/temp"])' in drawn
+    assert "mqtt_plant_sensors_temp --> topic_plant_topic_2" in drawn
+    assert "topic_plant_topic_2 -.-> filter_plant" in drawn
+    assert "mqtt_plant_raw -.-> filter_raw" in drawn

@@ -7,6 +7,7 @@ from rulebus.graph.model import Graph
 # Opening and closing brackets of each kind's shape.
 _SHAPES = {
     "route": ("([", "])"),
+    "mqtt": ("([", "])"),
     "topic": ("(", ")"),
     "filter": ("(", ")"),
     "republish": ("(", ")"),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from rulebus.config.options import placeholders
 from rulebus.sql import TopicFilter
+from rulebus.sql.topics import filters_overlap
 from rulebus.template import App
 
 # Columns, left to right: where events come from to what rules do with them.
@@ -61,7 +62,8 @@ class Graph:
 
 
 def app_graph(app: App) -> Graph:
-    """The drawing of ``app``: routes → topics → topic filters → rules → actions → targets.
+    """The drawing of ``app``: routes and MQTT subscriptions → topics → topic filters →
+    rules → actions → targets.
 
     A route's topic template feeds every rule filter that matches some topic it
     can make; a republish action's topic does the same, so one rule's output is
@@ -80,6 +82,20 @@ def app_graph(app: App) -> Graph:
         topic = graph.node("topic", "topic", route.topic, TOPIC)
         graph.edge(source, topic)
         published.append((topic, route.topic))
+    for sub in app.mqtt.subscriptions if app.mqtt else ():
+        source = graph.node("mqtt", "MQTT subscription", f"{sub.broker}: {sub.filter.text}", ROUTE)
+        if sub.topic is not None:
+            topic = graph.node("topic", "topic", sub.topic, TOPIC)
+            graph.edge(source, topic)
+            published.append((topic, sub.topic))
+            continue
+        # Without a mapping the MQTT topic is the event's: it goes to the rules whose
+        # filters share topics with the subscription's.
+        for text, topic_filter in filters.items():
+            if filters_overlap(sub.filter.levels, topic_filter.levels):
+                graph.edge(
+                    source, graph.ids["filter", text], "solid" if text == sub.filter.text else "may"
+                )
     for rule in app.rules.values():
         off = not rule.enabled
         caption = "rule (disabled)" if off else "rule"

@@ -19,7 +19,7 @@ MARGIN = 16
 LANE = 10  # px between the lanes of arrows that go back left, under the boxes
 LONGEST = 48  # characters of a label shown; the whole of it is in the box's tooltip
 
-_SOURCES = ("route",)
+_SOURCES = ("route", "mqtt")
 _TOPICS = ("topic", "filter", "republish")
 _RULES = ("rule",)
 _ACTIONS = ("action",)
