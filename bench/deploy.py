@@ -57,6 +57,20 @@ class Deployment:
         return self.base_url + self.batch_path
 
 
+@contextlib.contextmanager
+def serving(server: Server) -> Iterator[Server]:
+    """``server`` running for the block, stopped after it; one that cannot start makes
+    the figure n/a."""
+    try:
+        server.start()
+    except StartError as exc:
+        raise Unavailable(str(exc)) from None
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for the suite's own child processes: ``bench`` importable."""
     path = os.environ.get("PYTHONPATH")

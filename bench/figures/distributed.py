@@ -56,6 +56,7 @@ from bench.deploy import (
     receiver,
     rulebus_command,
     rulebus_unavailable,
+    serving,
 )
 from bench.events import expected_alerts
 from bench.figures.pipeline import run_once
@@ -153,14 +154,8 @@ def nats_server(workdir: Path, *, sync: bool = True) -> Iterator[tuple[str, int,
         home / "nats.log",
         health_url=f"http://127.0.0.1:{monitor}/healthz",
     )
-    try:
-        server.start()
-    except StartError as exc:
-        raise Unavailable(str(exc)) from None
-    try:
+    with serving(server):
         yield f"nats://127.0.0.1:{port}", server.pid, version
-    finally:
-        server.stop()
 
 
 @contextlib.contextmanager
@@ -176,14 +171,8 @@ def moto_server(workdir: Path) -> Iterator[tuple[str, int]]:
         workdir / f"moto-{port}.log",
         ready_pattern=r"Running on http",
     )
-    try:
-        server.start()
-    except StartError as exc:
-        raise Unavailable(str(exc)) from None
-    try:
+    with serving(server):
         yield f"http://127.0.0.1:{port}", server.pid
-    finally:
-        server.stop()
 
 
 async def _pg_execute(url: str, sql: str) -> Any:

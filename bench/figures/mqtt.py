@@ -28,9 +28,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.deploy import REPO, Unavailable, child_env, rulebus
+from bench.deploy import REPO, Unavailable, child_env, rulebus, serving
 from bench.plan import Plan
-from bench.proc import Server, StartError, free_port
+from bench.proc import Server, free_port
 from bench.report import Figure, median, ratio
 from bench.stores import TableCounter
 
@@ -55,14 +55,8 @@ def broker(workdir: Path) -> Iterator[int]:
         workdir / f"mosquitto-{port}.log",
         ready_pattern=rf"Opening ipv4 listen socket on port {port}",
     )
-    try:
-        server.start()
-    except StartError as exc:
-        raise Unavailable(str(exc)) from None
-    try:
+    with serving(server):
         yield port
-    finally:
-        server.stop()
 
 
 def clients(*args: str) -> str:
