@@ -74,13 +74,13 @@ def by_id(server: Server) -> dict[str, dict[str, object]]:
 
 
 def test_messages_become_events_with_mapped_topics_client_ids_and_rejections(
-    tmp_path: Path,
+    tmp_path: Path, backends: dict[str, str]
 ) -> None:
     """A message is an event on the mapped topic with the publisher's clientid() (or the
     bridge's), its own id (a repeat is a duplicate); what is not a JSON object is
-    rejected, counted and shown in /admin/stats and /metrics."""
+    rejected, counted and shown in /admin/stats and /metrics. On either bus."""
     prefix = unique("sensors")
-    server = Server(bridged_app(tmp_path, prefix), tmp_path / "data").start()
+    server = Server(bridged_app(tmp_path, prefix), tmp_path / "data", backends).start()
     wait_until(lambda: server.stats()["mqtt"]["plant"]["connected"], what="the bridge")
     publish(
         [
