@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from rulebus import codec
 from rulebus.actions.base import (
     Declared,
     Delivery,
     Outbound,
     OutboundAction,
+    encode_output,
     reference,
     render,
     template_option,
@@ -237,10 +237,7 @@ class MqttAction(OutboundAction):
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        try:
-            payload = codec.dumps(message.payload)
-        except codec.EncodeError as exc:
-            raise ActionError(f"cannot encode the output: {exc}", retryable=False) from None
+        payload = encode_output(message.payload)
         properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         properties.UserProperty = [
             (MESSAGE_ID_PROPERTY, message.details["message_id"]),
