@@ -60,14 +60,19 @@ _Loader.yaml_implicit_resolvers = {
 }
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text; TemplateError naming the file if it is missing or unreadable."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TemplateError("file not found", file=str(path), line=None, key="") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"cannot read: {exc}", file=str(path), line=None, key="") from None
+
+
 def read_source(path: Path) -> Source:
     file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TemplateError("file not found", file=file, line=None, key="") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TemplateError(f"cannot read: {exc}", file=file, line=None, key="") from None
+    text = read_text(path)
     source = Source(file, None)
     loader = None
     try:

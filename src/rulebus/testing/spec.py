@@ -187,33 +187,41 @@ def _expectations(opts: Options, app: App) -> Expectations:
         buckets[name] = dict(objects.value)
         section.raw(name)
     section.done()
-    published = opts.raw("published")
-    if published is not None:
-        if not isinstance(published, list):
-            opts.fail("published", "expected a list of events (topic and payload)")
-        for n, item in enumerate(published):
-            ev = Options(opts.source, (*opts.path, "published", n), item, what="a mapping")
-            ev.text("topic", required=True)
-            if not ev.has("payload"):
-                ev.missing("payload", "the payload it was published with")
-            ev.raw("payload")
-            _matchers(ev, "payload")
-            ev.done()
-    sent = opts.raw("sent")
-    if sent is not None:
-        if not isinstance(sent, list):
-            opts.fail("sent", "expected a list of messages (action and payload)")
-        for n, item in enumerate(sent):
-            message = Options(opts.source, (*opts.path, "sent", n), item, what="a mapping")
-            message.text("action", required=True)
-            if not message.has("payload"):
-                message.missing("payload", "the payload the action would send")
-            for key in ("payload", "target", "details"):
-                if message.has(key):  # target and details are optional
-                    _matchers(message, key)
-            message.done()
+    published = _messages(
+        opts, "published", "topic", "events (topic and payload)", "it was published with"
+    )
+    sent = _messages(
+        opts,
+        "sent",
+        "action",
+        "messages (action and payload)",
+        "the action would send",
+        optional=("target", "details"),
+    )
     opts.done()
     return Expectations(rules, tables, buckets, notifications, published, sent)
+
+
+def _messages(
+    opts: Options, key: str, name: str, what: str, payload: str, optional: tuple[str, ...] = ()
+) -> list[Any] | None:
+    """A list of expected messages, each with ``name``, a payload and the ``optional`` keys."""
+    items = opts.raw(key)
+    if items is None:
+        return None
+    if not isinstance(items, list):
+        opts.fail(key, f"expected a list of {what}")
+    for n, item in enumerate(items):
+        message = Options(opts.source, (*opts.path, key, n), item, what="a mapping")
+        message.text(name, required=True)
+        if not message.has("payload"):
+            message.missing("payload", f"the payload {payload}")
+        for field_ in ("payload", *optional):
+            if message.has(field_):
+                message.raw(field_)
+                _matchers(message, field_)
+        message.done()
+    return items
 
 
 def _rule(opts: Options) -> RuleExpectation:

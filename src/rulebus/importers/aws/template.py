@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from rulebus.config.source import Path_, Source, _Loader
+from rulebus.config.source import Path_, Source, _Loader, read_text
 from rulebus.errors import TemplateError
 
 # Short forms whose scalar argument is a list written with dots (``!GetAtt A.B``).
@@ -43,12 +43,7 @@ class Template:
 def read_template(path: Path) -> Template:
     """Parse ``path``; raises TemplateError (file, line) if it is not a template."""
     file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TemplateError("file not found", file=file, line=None, key="") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TemplateError(f"cannot read: {exc}", file=file, line=None, key="") from None
+    text = read_text(path)
     if text.lstrip().startswith(("{", "[")):
         # JSON strings cannot hold a raw tab, so every tab is indentation, which YAML refuses.
         text = text.replace("\t", " ")
