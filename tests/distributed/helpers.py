@@ -301,7 +301,8 @@ def wait_idle(api: Api, timeout: float = 90) -> dict[str, Any]:
             stats = api.stats()
         except (httpx.HTTPError, ValueError):
             stats = {}
-        if stats and stats["dispatched"] >= stats["head"] and stats["retrying"] == 0:
+        # An error answer (the API waiting on a paused store) has no counts: ask again.
+        if "dispatched" in stats and stats["dispatched"] >= stats["head"] and not stats["retrying"]:
             return stats
         time.sleep(0.2)
     raise AssertionError(f"not idle after {timeout} s: {stats}")
